@@ -1,0 +1,12 @@
+// effattn: efficient attention variants for the CPU. The umbrella header includes everything
+// public; include a family's header alone to keep compile times down.
+#pragma once
+
+#include "effattn/core/bf16.hpp"
+#include "effattn/core/error.hpp"
+#include "effattn/core/parallel.hpp"
+#include "effattn/core/tensor.hpp"
+#include "effattn/simd/simd.hpp"
+#include "effattn/ops/common/gemm.hpp"
+#include "effattn/io/safetensors.hpp"
+#include "effattn/io/npy.hpp"
