@@ -292,7 +292,10 @@ void check_shape(const char* op, const char* arg, const TensorView<T>& v,
   bool ok = !v.empty() && v.ndim() == static_cast<int>(expect.size());
   if (ok) {
     int i = 0;
-    for (int64_t e : expect) ok = ok && (e < 0 || v.size(i++) == e);
+    for (int64_t e : expect) {
+      ok = ok && (e < 0 || v.size(i) == e);
+      ++i;
+    }
   }
   if (ok) return;
   std::string want = "[";

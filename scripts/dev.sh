@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# effattn's two set-up commands, for a fresh Debian machine with git, cmake and g++:
+#   scripts/dev.sh examples   install what is missing, build (Release), run the examples and a
+#                             short benchmark
+#   scripts/dev.sh test       install what is missing, build (Release), run the whole test suite
+# Missing Debian packages are installed with apt-get when run as root; otherwise the exact
+# apt-get line is printed and the script stops. BUILD_DIR (default build/) and JOBS (default 2)
+# may be set in the environment.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+mode="${1:-}"
+BUILD_DIR="${BUILD_DIR:-build}"
+JOBS="${JOBS:-2}"
+
+packages=(cmake g++ make libeigen3-dev libxsimd-dev nlohmann-json3-dev libgtest-dev
+          libbenchmark-dev)
+
+install_missing() {
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "== installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "effattn needs these Debian packages; run as root:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+}
+
+configure_and_build() {
+  cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "$@"
+  cmake --build "$BUILD_DIR" -j "$JOBS"
+}
+
+case "$mode" in
+  examples)
+    install_missing
+    configure_and_build -DEFFATTN_BUILD_TESTS=OFF
+    for ex in "$BUILD_DIR"/examples/*; do
+      if [ -f "$ex" ] && [ -x "$ex" ]; then
+        echo "== $(basename "$ex")"
+        "$ex"
+      fi
+    done
+    echo "== roofline (short)"
+    OMP_NUM_THREADS=2 "$BUILD_DIR"/bench/roofline --benchmark_filter='n:1024|MiB' \
+      --benchmark_min_time=0.2
+    ;;
+  test)
+    install_missing
+    configure_and_build -DEFFATTN_BUILD_BENCH=OFF
+    (cd "$BUILD_DIR" && ctest --output-on-failure -j "$JOBS")
+    ;;
+  *)
+    echo "usage: scripts/dev.sh examples|test" >&2
+    exit 2
+    ;;
+esac
