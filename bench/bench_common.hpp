@@ -18,6 +18,9 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
+#if defined(EIGEN_USE_BLAS)
+extern "C" void openblas_set_num_threads(int);
+#endif
 
 namespace effattn::bench {
 
@@ -30,13 +33,13 @@ Tensor<T> random_tensor(const Shape& shape, uint64_t seed, double lo = -1.0, dou
   return t;
 }
 
-// Sets counters "GFLOP/s" (flops per iteration) and optionally "GB/s" (bytes per iteration).
+// Sets rate counters "GFLOP" (flops per iteration; printed as GFLOP=x/s) and "GB" (bytes).
 inline void set_rates(benchmark::State& state, double flops, double bytes = 0) {
   if (flops > 0)
-    state.counters["GFLOP/s"] =
+    state.counters["GFLOP"] =
         benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   if (bytes > 0)
-    state.counters["GB/s"] =
+    state.counters["GB"] =
         benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -46,6 +49,9 @@ inline void use_threads(int n) {
   Eigen::setNbThreads(n);
 #if defined(_OPENMP)
   omp_set_num_threads(n);
+#endif
+#if defined(EIGEN_USE_BLAS)
+  openblas_set_num_threads(n);
 #endif
 }
 

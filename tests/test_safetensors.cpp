@@ -133,7 +133,7 @@ TEST(SafeTensors, HeaderIsPaddedAndDataAligned) {
 
 TEST(SafeTensors, StridedViewsAreGathered) {
   const auto x = testing::random_tensor<float>({2, 5, 3, 4}, 7);  // [B, T, H, D]
-  const TensorView<const float> head = x.view().select(2, 1);    // [B, T, D], strided
+  const TensorView<const float> head = x.view().select(2, 1);     // [B, T, D], strided
   const TensorView<const float> tr = x.view().transpose(1, 3);    // [B, D, H, T]
   const auto xd = testing::random_tensor<double>({6, 4}, 8);
   const auto xb = random_bf16({6, 4}, 9);
@@ -147,8 +147,9 @@ TEST(SafeTensors, StridedViewsAreGathered) {
   expect_bitwise_equal(st.get<float>("tr"), Tensor<float>::from(tr));
   expect_bitwise_equal(st.get<double>("xd_t"),
                        Tensor<double>::from(TensorView<const double>(xd.view().transpose(0, 1))));
-  expect_bitwise_equal(st.get<bf16>("xb_s"), Tensor<bf16>::from(TensorView<const bf16>(
-                                                 xb.view().slice(0, 1, 5).transpose(0, 1))));
+  expect_bitwise_equal(
+      st.get<bf16>("xb_s"),
+      Tensor<bf16>::from(TensorView<const bf16>(xb.view().slice(0, 1, 5).transpose(0, 1))));
 }
 
 TEST(SafeTensors, ZeroDimAndEmptyTensors) {
@@ -233,8 +234,8 @@ TEST(SafeTensors, ZeroCopyViewOutlivesReaderCopies) {
       for (int64_t j = 0; j < 5; ++j) EXPECT_EQ(v(i, j), a(i, j));
     }
     EXPECT_EQ(copy.view<bf16>("b").numel(), 2);
-    EXPECT_THROW(copy.view<float>("b"), Error);    // dtype BF16
-    EXPECT_THROW(copy.view<double>("a"), Error);   // dtype F32
+    EXPECT_THROW(copy.view<float>("b"), Error);   // dtype BF16
+    EXPECT_THROW(copy.view<double>("a"), Error);  // dtype F32
   }
 }
 
@@ -288,7 +289,7 @@ TEST(SafeTensors, ReadsF16HandBuilt) {
   EXPECT_EQ(x[7], 65504.0f);
   EXPECT_EQ(x[8], std::ldexp(1.0f, -14));
   EXPECT_EQ(x[9], std::ldexp(1023.0f, -24));
-  EXPECT_EQ(x[10], 1.0f / 3.0f - std::ldexp(1.0f, -13) / 3.0f);  // 0x3555 = 0.333251953125
+  EXPECT_EQ(x[10], 1365.0f / 4096.0f);  // 0x3555: nearest half to 1/3
   EXPECT_EQ(x[11], -std::ldexp(1.0f, -24));
 
   const Tensor<double> d = st.get<double>("h");
@@ -320,12 +321,12 @@ TEST(SafeTensors, HalfConversionsRoundTripExhaustively) {
   EXPECT_EQ(io::float_to_half(65520.0f), 0x7C00);
   EXPECT_EQ(io::float_to_half(1e30f), 0x7C00);
   EXPECT_EQ(io::float_to_half(-1e30f), 0xFC00);
-  EXPECT_EQ(io::float_to_half(std::ldexp(1.0f, -25)), 0x0000);      // 0.5 ulp -> even (0)
-  EXPECT_EQ(io::float_to_half(std::ldexp(3.0f, -25)), 0x0002);      // 1.5 ulp -> even (2)
+  EXPECT_EQ(io::float_to_half(std::ldexp(1.0f, -25)), 0x0000);  // 0.5 ulp -> even (0)
+  EXPECT_EQ(io::float_to_half(std::ldexp(3.0f, -25)), 0x0002);  // 1.5 ulp -> even (2)
   EXPECT_EQ(io::float_to_half(std::ldexp(1.0f, -26)), 0x0000);
   EXPECT_EQ(io::float_to_half(1.0f + std::ldexp(1.0f, -11)), 0x3C00);  // tie -> even
   EXPECT_EQ(io::float_to_half(1.0f + std::ldexp(3.0f, -11)), 0x3C02);  // tie -> even
-  EXPECT_EQ(io::float_to_half(std::ldexp(2047.0f, -25)), 0x0400);  // rounds up into normals
+  EXPECT_EQ(io::float_to_half(std::ldexp(2047.0f, -25)), 0x0400);      // rounds up into normals
 }
 
 TEST(SafeTensors, WriterStoresReducedPrecision) {
@@ -387,9 +388,8 @@ TEST(SafeTensors, UnsupportedDtypesValidateButDoNotConvert) {
   std::vector<uint8_t> data(8 + 3);
   const int64_t ids = 42;
   std::memcpy(data.data(), &ids, 8);
-  const std::string h =
-      R"({"ids":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},)"
-      R"("mask":{"dtype":"BOOL","shape":[3],"data_offsets":[8,11]}})";
+  const std::string h = R"({"ids":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},)"
+                        R"("mask":{"dtype":"BOOL","shape":[3],"data_offsets":[8,11]}})";
   const SafeTensors st = SafeTensors::from_buffer(build_file(h, data), "ints.safetensors");
   EXPECT_EQ(st.info("ids").dtype, Dtype::kI64);
   const auto raw = st.bytes("ids");
@@ -411,8 +411,7 @@ TEST(SafeTensors, MoreThanMaxDimsOpensButCannotBecomeTensor) {
   const std::string h = R"({"big":{"dtype":"F32","shape":[1,1,1,1,1,2],"data_offsets":[0,8]}})";
   const SafeTensors st = SafeTensors::from_buffer(build_file(h, std::vector<uint8_t>(8)));
   EXPECT_EQ(st.info("big").dims.size(), 6u);
-  EXPECT_THAT([&] { st.get<float>("big"); },
-              ::testing::ThrowsMessage<Error>(HasSubstr("'big'")));
+  EXPECT_THAT([&] { st.get<float>("big"); }, ::testing::ThrowsMessage<Error>(HasSubstr("'big'")));
 }
 
 // ---------------------------------------------------------------- malformed files
@@ -440,6 +439,11 @@ TEST(SafeTensorsMalformed, MissingFile) {
   EXPECT_THAT([&] { SafeTensors::open(p, true); },
               ::testing::ThrowsMessage<Error>(HasSubstr("does_not_exist")));
   EXPECT_THROW(SafeTensors::open(p, false), Error);
+  const std::string dir = temp_path("a_directory").string();
+  fs::create_directories(dir);
+  EXPECT_THAT([&] { SafeTensors::open(dir, true); },
+              ::testing::ThrowsMessage<Error>(HasSubstr("directory")));
+  EXPECT_THROW(SafeTensors::open(dir, false), Error);
 }
 
 TEST(SafeTensorsMalformed, TruncatedInData) {
@@ -474,9 +478,9 @@ TEST(SafeTensorsMalformed, BadJson) {
 }
 
 TEST(SafeTensorsMalformed, NotAnObject) {
-  EXPECT_THAT(error_of(build_file(R"([{"dtype":"F32","shape":[1],"data_offsets":[0,4]}])",
-                                  kData64)),
-              HasSubstr("object"));
+  EXPECT_THAT(
+      error_of(build_file(R"([{"dtype":"F32","shape":[1],"data_offsets":[0,4]}])", kData64)),
+      HasSubstr("object"));
   EXPECT_THROW(SafeTensors::from_buffer(build_file("42", kData64)), Error);
   EXPECT_THROW(SafeTensors::from_buffer(build_file(R"({"x": [1, 2]})", kData64)), Error);
   EXPECT_THROW(SafeTensors::from_buffer(build_file(R"({"__metadata__": [1]})", kData64)), Error);
@@ -486,18 +490,18 @@ TEST(SafeTensorsMalformed, NotAnObject) {
 
 TEST(SafeTensorsMalformed, MissingOrMistypedFields) {
   const char* cases[] = {
-      R"({"t":{"dtype":"F32","shape":[2]}})",                                 // no data_offsets
-      R"({"t":{"shape":[2],"data_offsets":[0,8]}})",                          // no dtype
-      R"({"t":{"dtype":"F32","data_offsets":[0,8]}})",                        // no shape
-      R"({"t":{"dtype":32,"shape":[2],"data_offsets":[0,8]}})",               // dtype not a string
-      R"({"t":{"dtype":"F32","shape":"2","data_offsets":[0,8]}})",            // shape not an array
-      R"({"t":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})",          // float dim
-      R"({"t":{"dtype":"F32","shape":[true],"data_offsets":[0,8]}})",         // bool dim
-      R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0]}})",              // one offset
-      R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8,8]}})",          // three offsets
-      R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0.0,8]}})",          // float offset
-      R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})",           // negative offset
-      R"({"t":{"dtype":"F32","shape":[2],"data_offsets":{"a":0}}})",          // object offsets
+      R"({"t":{"dtype":"F32","shape":[2]}})",                          // no data_offsets
+      R"({"t":{"shape":[2],"data_offsets":[0,8]}})",                   // no dtype
+      R"({"t":{"dtype":"F32","data_offsets":[0,8]}})",                 // no shape
+      R"({"t":{"dtype":32,"shape":[2],"data_offsets":[0,8]}})",        // dtype not a string
+      R"({"t":{"dtype":"F32","shape":"2","data_offsets":[0,8]}})",     // shape not an array
+      R"({"t":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})",   // float dim
+      R"({"t":{"dtype":"F32","shape":[true],"data_offsets":[0,8]}})",  // bool dim
+      R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0]}})",       // one offset
+      R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8,8]}})",   // three offsets
+      R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0.0,8]}})",   // float offset
+      R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})",    // negative offset
+      R"({"t":{"dtype":"F32","shape":[2],"data_offsets":{"a":0}}})",   // object offsets
   };
   for (const char* h : cases) {
     const std::string msg = error_of(build_file(h, kData64));
@@ -509,17 +513,16 @@ TEST(SafeTensorsMalformed, MissingOrMistypedFields) {
 }
 
 TEST(SafeTensorsMalformed, NegativeDim) {
-  const std::string msg =
-      error_of(build_file(R"({"neg":{"dtype":"F32","shape":[-2, 4],"data_offsets":[0,0]}})",
-                          kData64));
+  const std::string msg = error_of(
+      build_file(R"({"neg":{"dtype":"F32","shape":[-2, 4],"data_offsets":[0,0]}})", kData64));
   EXPECT_THAT(msg, HasSubstr("'neg'"));
   EXPECT_THAT(msg, HasSubstr("non-negative"));
 }
 
 TEST(SafeTensorsMalformed, UnknownDtype) {
-  EXPECT_THAT(error_of(build_file(R"({"q":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,8]}})",
-                                  kData64)),
-              HasSubstr("Q4_K"));
+  EXPECT_THAT(
+      error_of(build_file(R"({"q":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,8]}})", kData64)),
+      HasSubstr("Q4_K"));
 }
 
 TEST(SafeTensorsMalformed, OffsetsOutOfRange) {
@@ -528,50 +531,47 @@ TEST(SafeTensorsMalformed, OffsetsOutOfRange) {
   EXPECT_THAT(msg, HasSubstr("'far'"));
   EXPECT_THAT(msg, HasSubstr("past the data buffer"));
   // Huge offsets whose difference matches the size must not wrap around.
-  EXPECT_THROW(
-      SafeTensors::from_buffer(build_file(
-          R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551612,18446744073709551616]}})",
-          kData64)),
-      Error);
-  EXPECT_THROW(
-      SafeTensors::from_buffer(build_file(
-          R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551611,18446744073709551615]}})",
-          kData64)),
-      Error);
+  EXPECT_THROW(SafeTensors::from_buffer(
+                   build_file(R"({"w":{"dtype":"F32","shape":[1],)"
+                              R"("data_offsets":[18446744073709551612,18446744073709551616]}})",
+                              kData64)),
+               Error);
+  EXPECT_THROW(SafeTensors::from_buffer(
+                   build_file(R"({"w":{"dtype":"F32","shape":[1],)"
+                              R"("data_offsets":[18446744073709551611,18446744073709551615]}})",
+                              kData64)),
+               Error);
 }
 
 TEST(SafeTensorsMalformed, EndBeforeBegin) {
-  EXPECT_THAT(error_of(build_file(R"({"r":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})",
-                                  kData64)),
-              HasSubstr("'r'"));
+  EXPECT_THAT(
+      error_of(build_file(R"({"r":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})", kData64)),
+      HasSubstr("'r'"));
 }
 
 TEST(SafeTensorsMalformed, OverlappingOffsets) {
-  const std::string h =
-      R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
-      R"("b":{"dtype":"F32","shape":[4],"data_offsets":[12,28]}})";
+  const std::string h = R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+                        R"("b":{"dtype":"F32","shape":[4],"data_offsets":[12,28]}})";
   const std::string msg = error_of(build_file(h, kData64));
   EXPECT_THAT(msg, HasSubstr("overlap"));
   EXPECT_THAT(msg, HasSubstr("'a'"));
   EXPECT_THAT(msg, HasSubstr("'b'"));
-  const std::string same =
-      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},)"
-      R"("b":{"dtype":"F16","shape":[4],"data_offsets":[8,16]}})";
+  const std::string same = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},)"
+                           R"("b":{"dtype":"F16","shape":[4],"data_offsets":[8,16]}})";
   EXPECT_THROW(SafeTensors::from_buffer(build_file(same, kData64)), Error);
 }
 
 TEST(SafeTensorsMalformed, HolesAndEmptyRangesAreTolerated) {
-  const std::string h =
-      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-      R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
-      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[24,32]}})";
+  const std::string h = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                        R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
+                        R"("b":{"dtype":"F32","shape":[2],"data_offsets":[24,32]}})";
   const SafeTensors st = SafeTensors::from_buffer(build_file(h, kData64));
   EXPECT_EQ(st.size(), 3u);
 }
 
 TEST(SafeTensorsMalformed, SizeMismatchWithShape) {
-  const std::string msg = error_of(
-      build_file(R"({"m":{"dtype":"F32","shape":[3,4],"data_offsets":[0,44]}})", kData64));
+  const std::string msg =
+      error_of(build_file(R"({"m":{"dtype":"F32","shape":[3,4],"data_offsets":[0,44]}})", kData64));
   EXPECT_THAT(msg, HasSubstr("'m'"));
   EXPECT_THAT(msg, HasSubstr("48"));
   // numel * element size overflows uint64.
@@ -579,11 +579,10 @@ TEST(SafeTensorsMalformed, SizeMismatchWithShape) {
                    R"({"o":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}})",
                    kData64)),
                Error);
-  EXPECT_THROW(
-      SafeTensors::from_buffer(build_file(
-          R"({"o":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,0]}})",
-          kData64)),
-      Error);
+  EXPECT_THROW(SafeTensors::from_buffer(build_file(
+                   R"({"o":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,0]}})",
+                   kData64)),
+               Error);
 }
 
 TEST(SafeTensorsMalformed, MissingTensor) {

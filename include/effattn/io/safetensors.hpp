@@ -18,10 +18,12 @@
 #pragma once
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -71,53 +73,37 @@ enum class Dtype {
   kC64,
 };
 
-// The header's spelling of a dtype, e.g. "BF16".
-inline const char* dtype_name(Dtype d) {
-  switch (d) {
-    case Dtype::kBool: return "BOOL";
-    case Dtype::kU8: return "U8";
-    case Dtype::kI8: return "I8";
-    case Dtype::kF8E5M2: return "F8_E5M2";
-    case Dtype::kF8E4M3: return "F8_E4M3";
-    case Dtype::kF8E8M0: return "F8_E8M0";
-    case Dtype::kI16: return "I16";
-    case Dtype::kU16: return "U16";
-    case Dtype::kF16: return "F16";
-    case Dtype::kBF16: return "BF16";
-    case Dtype::kI32: return "I32";
-    case Dtype::kU32: return "U32";
-    case Dtype::kF32: return "F32";
-    case Dtype::kF64: return "F64";
-    case Dtype::kI64: return "I64";
-    case Dtype::kU64: return "U64";
-    case Dtype::kC64: return "C64";
+namespace safetensors_detail {
+
+struct DtypeEntry {
+  Dtype dtype;
+  const char* name;  // the header's spelling
+  int size;          // bytes per element
+};
+
+inline constexpr DtypeEntry kDtypes[] = {
+    {Dtype::kBool, "BOOL", 1},      {Dtype::kU8, "U8", 1},          {Dtype::kI8, "I8", 1},
+    {Dtype::kF8E5M2, "F8_E5M2", 1}, {Dtype::kF8E4M3, "F8_E4M3", 1}, {Dtype::kF8E8M0, "F8_E8M0", 1},
+    {Dtype::kI16, "I16", 2},        {Dtype::kU16, "U16", 2},        {Dtype::kF16, "F16", 2},
+    {Dtype::kBF16, "BF16", 2},      {Dtype::kI32, "I32", 4},        {Dtype::kU32, "U32", 4},
+    {Dtype::kF32, "F32", 4},        {Dtype::kF64, "F64", 8},        {Dtype::kI64, "I64", 8},
+    {Dtype::kU64, "U64", 8},        {Dtype::kC64, "C64", 8},
+};
+
+inline const DtypeEntry& dtype_entry(Dtype d) {
+  for (const DtypeEntry& e : kDtypes) {
+    if (e.dtype == d) return e;
   }
-  return "?";
+  throw Error("safetensors: invalid Dtype value");
 }
 
+}  // namespace safetensors_detail
+
+// The header's spelling of a dtype, e.g. "BF16".
+inline const char* dtype_name(Dtype d) { return safetensors_detail::dtype_entry(d).name; }
+
 // Bytes per element.
-inline int dtype_size(Dtype d) {
-  switch (d) {
-    case Dtype::kBool:
-    case Dtype::kU8:
-    case Dtype::kI8:
-    case Dtype::kF8E5M2:
-    case Dtype::kF8E4M3:
-    case Dtype::kF8E8M0: return 1;
-    case Dtype::kI16:
-    case Dtype::kU16:
-    case Dtype::kF16:
-    case Dtype::kBF16: return 2;
-    case Dtype::kI32:
-    case Dtype::kU32:
-    case Dtype::kF32: return 4;
-    case Dtype::kF64:
-    case Dtype::kI64:
-    case Dtype::kU64:
-    case Dtype::kC64: return 8;
-  }
-  return 0;
-}
+inline int dtype_size(Dtype d) { return safetensors_detail::dtype_entry(d).size; }
 
 // Where one tensor lives. `dims` is the full shape; `shape` holds it when it has at most
 // kMaxDims dims (more are legal in the file but cannot become a Tensor).
@@ -214,17 +200,9 @@ inline void store_le(U v, std::vector<uint8_t>* out) {
 }
 
 inline bool parse_dtype(const std::string& s, Dtype* d) {
-  static const std::pair<const char*, Dtype> kTable[] = {
-      {"BOOL", Dtype::kBool},   {"U8", Dtype::kU8},           {"I8", Dtype::kI8},
-      {"F8_E5M2", Dtype::kF8E5M2}, {"F8_E4M3", Dtype::kF8E4M3}, {"F8_E8M0", Dtype::kF8E8M0},
-      {"I16", Dtype::kI16},     {"U16", Dtype::kU16},         {"F16", Dtype::kF16},
-      {"BF16", Dtype::kBF16},   {"I32", Dtype::kI32},         {"U32", Dtype::kU32},
-      {"F32", Dtype::kF32},     {"F64", Dtype::kF64},         {"I64", Dtype::kI64},
-      {"U64", Dtype::kU64},     {"C64", Dtype::kC64},
-  };
-  for (const auto& [name, dtype] : kTable) {
-    if (s == name) {
-      *d = dtype;
+  for (const DtypeEntry& e : kDtypes) {
+    if (s == e.name) {
+      *d = e.dtype;
       return true;
     }
   }
@@ -259,15 +237,33 @@ class Storage {
     return s;
   }
 
+  // Reads the whole file. Regular files are read in one go; anything else (a pipe) in chunks.
   static std::shared_ptr<Storage> read_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary | std::ios::ate);
-    check(f.good(), "safetensors: cannot open ", path);
-    const std::streamoff end = f.tellg();
-    check(end >= 0, "safetensors: cannot determine the size of ", path);
-    std::vector<uint8_t> bytes(static_cast<std::size_t>(end));
-    f.seekg(0);
-    if (!bytes.empty()) f.read(reinterpret_cast<char*>(bytes.data()), end);
-    check(f.good() && f.gcount() == end, "safetensors: failed to read ", end, " bytes of ", path);
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    const fs::file_status status = fs::status(path, ec);
+    check(!ec && fs::exists(status), "safetensors: cannot open ", path, " (no such file)");
+    check(!fs::is_directory(status), "safetensors: ", path, " is a directory, not a file");
+    std::ifstream f(path, std::ios::binary);
+    check(f.is_open(), "safetensors: cannot open ", path);
+    std::vector<uint8_t> bytes;
+    if (fs::is_regular_file(status)) {
+      const uintmax_t size = fs::file_size(path, ec);
+      check(!ec, "safetensors: cannot determine the size of ", path);
+      bytes.resize(static_cast<std::size_t>(size));
+      if (size) f.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
+      check(!f.bad() && static_cast<uintmax_t>(f.gcount()) == size, "safetensors: failed to read ",
+            size, " bytes of ", path);
+    } else {
+      constexpr std::size_t kChunk = std::size_t{1} << 20;
+      while (f) {
+        const std::size_t old = bytes.size();
+        bytes.resize(old + kChunk);
+        f.read(reinterpret_cast<char*>(bytes.data() + old), kChunk);
+        bytes.resize(old + static_cast<std::size_t>(f.gcount()));
+      }
+      check(!f.bad(), "safetensors: failed reading ", path);
+    }
     return from_vector(std::move(bytes));
   }
 
@@ -276,7 +272,10 @@ class Storage {
   // pipes). Truncating the file while it is mapped raises SIGBUS, as with any mapping.
   static std::shared_ptr<Storage> map_file(const std::string& path) {
     const int fd = ::open(path.c_str(), O_RDONLY);
-    check(fd >= 0, "safetensors: cannot open ", path);
+    if (fd < 0) {
+      const int err = errno;
+      throw Error(detail::concat("safetensors: cannot open ", path, " (", std::strerror(err), ")"));
+    }
     struct stat st;
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
       ::close(fd);
@@ -305,7 +304,7 @@ class Storage {
   std::size_t size_ = 0;
 };
 
-// T from one stored element; Src is float, double or bf16 (bits already decoded).
+// A decoded element as T; to bf16 rounds to nearest even (from double, through float).
 template <class T>
 inline T convert_from_float(float x) {
   if constexpr (std::is_same_v<T, bf16>) {
@@ -467,12 +466,13 @@ class SafeTensors {
           ": tensor has dtype ", dtype_name(ti.dtype), ", a view needs ", dtype_name(want),
           " (use get<T>() to convert)");
     check_rank(name, ti);
-    check(safetensors_detail::host_little_endian(), "safetensors: view('", name, "') in ",
-          source_, ": zero-copy views need a little-endian host (use get<T>())");
+    check(safetensors_detail::host_little_endian(), "safetensors: view('", name, "') in ", source_,
+          ": zero-copy views need a little-endian host (use get<T>())");
     const uint8_t* p = data_ + ti.begin;
     check(reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0, "safetensors: view('", name,
           "') in ", source_, ": data at byte offset ", ti.begin, " of the data buffer is not ",
-          alignof(T), "-byte aligned in memory (the header is likely not padded to a multiple "
+          alignof(T),
+          "-byte aligned in memory (the header is likely not padded to a multiple "
           "of 8); use get<T>() to copy instead");
     return TensorView<const T>(reinterpret_cast<const T*>(p), ti.shape);
   }
@@ -551,8 +551,7 @@ class SafeTensors {
     const uint8_t* base = storage_->data();
     const uint64_t file_size = storage_->size();
     if (file_size < 8) {
-      fail(detail::concat("file is ", file_size,
-                          " bytes, too short for the 8-byte header length"));
+      fail(detail::concat("file is ", file_size, " bytes, too short for the 8-byte header length"));
     }
     const uint64_t header_len = sd::load_le<uint64_t>(base);
     if (header_len > sd::kMaxHeaderBytes) {
@@ -581,8 +580,7 @@ class SafeTensors {
         if (!entry.is_object()) fail("__metadata__ must be an object of strings");
         for (const auto& [key, value] : entry.items()) {
           if (!value.is_string()) {
-            fail("__metadata__['" + key + "'] must be a string, got a JSON " +
-                 value.type_name());
+            fail("__metadata__['" + key + "'] must be a string, got a JSON " + value.type_name());
           }
           metadata_[key] = value.get<std::string>();
         }
@@ -631,12 +629,12 @@ class SafeTensors {
     if (off_it == entry.end()) fail_tensor(name, "entry has no 'data_offsets'");
     if (!off_it->is_array() || off_it->size() != 2 || !json_to_u64((*off_it)[0], &ti.begin) ||
         !json_to_u64((*off_it)[1], &ti.end)) {
-      fail_tensor(name, "'data_offsets' must be [begin, end] non-negative integers, got " +
-                            off_it->dump());
+      fail_tensor(
+          name, "'data_offsets' must be [begin, end] non-negative integers, got " + off_it->dump());
     }
     if (ti.end < ti.begin) {
-      fail_tensor(name, detail::concat("data_offsets [", ti.begin, ", ", ti.end,
-                                       "] end before begin"));
+      fail_tensor(name,
+                  detail::concat("data_offsets [", ti.begin, ", ", ti.end, "] end before begin"));
     }
     if (ti.end > data_size) {
       fail_tensor(name, detail::concat("data_offsets [", ti.begin, ", ", ti.end,
@@ -657,16 +655,15 @@ class SafeTensors {
     for (const auto& kv : tensors_) {
       if (kv.second.end > kv.second.begin) ranges.emplace_back(&kv.second, &kv.first);
     }
-    std::sort(ranges.begin(), ranges.end(), [](const auto& a, const auto& b) {
-      return a.first->begin < b.first->begin;
-    });
+    std::sort(ranges.begin(), ranges.end(),
+              [](const auto& a, const auto& b) { return a.first->begin < b.first->begin; });
     for (std::size_t i = 1; i < ranges.size(); ++i) {
       const TensorInfo& prev = *ranges[i - 1].first;
       const TensorInfo& cur = *ranges[i].first;
       if (cur.begin < prev.end) {
-        fail(detail::concat("tensors '", *ranges[i - 1].second, "' [", prev.begin, ", ",
-                            prev.end, ") and '", *ranges[i].second, "' [", cur.begin, ", ",
-                            cur.end, ") overlap in the data buffer"));
+        fail(detail::concat("tensors '", *ranges[i - 1].second, "' [", prev.begin, ", ", prev.end,
+                            ") and '", *ranges[i].second, "' [", cur.begin, ", ", cur.end,
+                            ") overlap in the data buffer"));
       }
     }
   }
@@ -773,16 +770,20 @@ class SafeTensorsWriter {
   void add_converted(const std::string& name, const TensorView<const T>& v, Dtype as) {
     namespace sd = safetensors_detail;
     check(as == Dtype::kF32 || as == Dtype::kF64 || as == Dtype::kBF16 || as == Dtype::kF16,
-          "safetensors: tensor '", name, "': cannot store floating-point data as ",
-          dtype_name(as), " (F32, F64, BF16, F16 are supported)");
+          "safetensors: tensor '", name, "': cannot store floating-point data as ", dtype_name(as),
+          " (F32, F64, BF16, F16 are supported)");
     Entry& e = new_entry(name, v, as);
     const Tensor<T> c = contiguous(v);
     const T* p = c.data();
     const int64_t n = c.numel();
     for (int64_t i = 0; i < n; ++i) {
       switch (as) {
-        case Dtype::kF64: sd::store_le<double>(static_cast<double>(p[i]), &e.bytes); break;
-        case Dtype::kF32: sd::store_le<float>(static_cast<float>(p[i]), &e.bytes); break;
+        case Dtype::kF64:
+          sd::store_le<double>(static_cast<double>(p[i]), &e.bytes);
+          break;
+        case Dtype::kF32:
+          sd::store_le<float>(static_cast<float>(p[i]), &e.bytes);
+          break;
         case Dtype::kBF16:
           sd::store_le<uint16_t>(bf16::from_float(static_cast<float>(p[i])), &e.bytes);
           break;
@@ -827,7 +828,8 @@ class SafeTensorsWriter {
       s = h.dump();
     } catch (const nlohmann::ordered_json::exception& ex) {
       throw Error(std::string("safetensors: cannot write the header (names and metadata must be "
-                              "valid UTF-8): ") + ex.what());
+                              "valid UTF-8): ") +
+                  ex.what());
     }
     s.append((8 - s.size() % 8) % 8, ' ');
     return s;

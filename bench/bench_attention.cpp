@@ -1,0 +1,114 @@
+// Softmax attention benchmarks, beside the same-run roofline (sgemm GFLOP/s, triad GB/s).
+//
+// Code paths:
+//   prefill_causal   attention() -> tiled prefill kernel (attention_prefill_run), causal,
+//                    B=1, Hq=8, Hkv in {2, 8}, K=V=128. GFLOP/s counts 4*Tq*Tk*K per head,
+//                    halved for causal.
+//   prefill_full     the same kernel, non-causal (every tile unmasked).
+//   sliding_window   the prefill kernel with window_left = W-1, causal: hidden tiles are skipped,
+//                    so the time per token is flat in T. GFLOP/s counts the visible pairs.
+//   decode           attention() with Tq = 1 -> split-K decode path (attention_decode_run),
+//                    Hq=32, Hkv=8, K=V=128, float or bf16 keys/values. GB/s counts the K and V
+//                    bytes read once.
+#include <cmath>
+#include <cstdint>
+
+#include "bench_common.hpp"
+#include "effattn/ops/attention/attention.hpp"
+
+using namespace effattn;
+
+namespace {
+
+// Args: {T, Hkv, threads, causal}
+void prefill(benchmark::State& state) {
+  const int64_t T = state.range(0), Hkv = state.range(1), Hq = 8, D = 128;
+  const bool causal = state.range(3) != 0;
+  bench::use_threads(static_cast<int>(state.range(2)));
+  const Tensor<float> q = bench::random_tensor<float>({1, T, Hq, D}, 1);
+  const Tensor<float> k = bench::random_tensor<float>({1, T, Hkv, D}, 2);
+  const Tensor<float> v = bench::random_tensor<float>({1, T, Hkv, D}, 3);
+  Tensor<float> o({1, T, Hq, D});
+  AttentionParams p;
+  p.causal = causal;
+  for (auto _ : state) {
+    attention<float>(q, k, v, o, p);
+    benchmark::DoNotOptimize(o.data());
+  }
+  const double pairs = causal ? 0.5 * double(T) * double(T) : double(T) * double(T);
+  bench::set_rates(state, 4.0 * pairs * D * Hq);
+}
+
+// Args: {T, W, threads}
+void sliding_window(benchmark::State& state) {
+  const int64_t T = state.range(0), W = state.range(1), Hq = 8, Hkv = 2, D = 128;
+  bench::use_threads(static_cast<int>(state.range(2)));
+  const Tensor<float> q = bench::random_tensor<float>({1, T, Hq, D}, 1);
+  const Tensor<float> k = bench::random_tensor<float>({1, T, Hkv, D}, 2);
+  const Tensor<float> v = bench::random_tensor<float>({1, T, Hkv, D}, 3);
+  Tensor<float> o({1, T, Hq, D});
+  AttentionParams p;
+  p.causal = true;
+  p.window_left = W - 1;
+  for (auto _ : state) {
+    attention<float>(q, k, v, o, p);
+    benchmark::DoNotOptimize(o.data());
+  }
+  double pairs = 0;  // visible (query, key) pairs
+  for (int64_t i = 0; i < T; ++i) pairs += double(std::min<int64_t>(i + 1, W));
+  bench::set_rates(state, 4.0 * pairs * D * Hq);
+  state.counters["ns/token"] = benchmark::Counter(
+      double(T), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+
+// Args: {Tk, threads}
+template <class KV>
+void decode(benchmark::State& state) {
+  const int64_t Tk = state.range(0), Hq = 32, Hkv = 8, D = 128;
+  bench::use_threads(static_cast<int>(state.range(1)));
+  const Tensor<float> q = bench::random_tensor<float>({1, 1, Hq, D}, 1);
+  const Tensor<float> kf = bench::random_tensor<float>({1, Tk, Hkv, D}, 2);
+  const Tensor<float> vf = bench::random_tensor<float>({1, Tk, Hkv, D}, 3);
+  Tensor<KV> k({1, Tk, Hkv, D}), v({1, Tk, Hkv, D});
+  for (int64_t i = 0; i < k.numel(); ++i) {
+    k.data()[i] = KV(kf.data()[i]);
+    v.data()[i] = KV(vf.data()[i]);
+  }
+  Tensor<float> o({1, 1, Hq, D});
+  AttentionParams p;
+  p.causal = true;
+  for (auto _ : state) {
+    attention<float, KV>(q, k, v, o, p);
+    benchmark::DoNotOptimize(o.data());
+  }
+  bench::set_rates(state, 4.0 * double(Tk) * D * Hq, 2.0 * double(Tk) * Hkv * D * sizeof(KV));
+}
+
+}  // namespace
+
+EFFATTN_BENCH_ROOFLINE();
+
+BENCHMARK(prefill)
+    ->ArgNames({"T", "Hkv", "threads", "causal"})
+    ->ArgsProduct({{512, 2048, 4096, 8192}, {2, 8}, {1, 2}, {1}})
+    ->Args({4096, 8, 2, 0})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(sliding_window)
+    ->ArgNames({"T", "W", "threads"})
+    ->ArgsProduct({{4096, 32768}, {1024}, {1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(decode<float>)
+    ->Name("decode_f32")
+    ->ArgNames({"Tk", "threads"})
+    ->ArgsProduct({{8192, 32768}, {1, 2}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(decode<bf16>)
+    ->Name("decode_bf16")
+    ->ArgNames({"Tk", "threads"})
+    ->ArgsProduct({{8192, 32768}, {1, 2}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK_MAIN();

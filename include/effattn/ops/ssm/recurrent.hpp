@@ -1,0 +1,139 @@
+// Mamba-1 selective scan, recurrent form: one token at a time from a state, for decode.
+//
+// The state h [S,D,N] keeps the N states of a channel contiguous, so a token updates each
+// channel's row with vectors along N and reduces y_t[d] = C_t . h_t[d] with one horizontal sum.
+// selective_scan_step() updates the state in place and allocates nothing; its cost per token
+// is O(D N) whatever came before. Channels are split across threads when the call is big enough
+// to pay for waking them.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "effattn/ops/ssm/naive.hpp"
+#include "effattn/simd/math.hpp"
+#include "effattn/simd/vec.hpp"
+
+namespace effattn {
+
+namespace detail::ssm {
+
+// Runs tokens [q.t0, q.t0 + q.len) of channels [d_lo, d_hi) of one sequence, on the state rows
+// h(d) = state + (d - d_lo) * state_stride (already holding the initial state), writing y.
+template <class T>
+void scan_channels_recurrent(const ScanArgs<T>& a, const Seq& q, int64_t d_lo, int64_t d_hi,
+                             const TensorView<const T>& u, const TensorView<const T>& delta,
+                             const TensorView<const T>& A, const TensorView<const T>& Dskip,
+                             const TensorView<const T>& z, const TensorView<const T>& delta_bias,
+                             bool softplus, T* state, int64_t state_stride,
+                             const TensorView<T>& y) {
+  const int64_t N = a.N, dpg = a.D / a.G;
+  for (int64_t d = d_lo; d < d_hi; ++d) {
+    const int64_t g = d / dpg;
+    T* h = state + (d - d_lo) * state_stride;  // [N]
+    const T* Ad = A.ptr(d);           // [N]
+    const T bias = delta_bias.empty() ? T(0) : delta_bias(d);
+    for (int64_t t = q.t0; t < q.t0 + q.len; ++t) {
+      T dt = delta(q.b, t, d) + bias;
+      if (softplus) dt = simd::softplus_scalar(dt);
+      const T ut = u(q.b, t, d), dtu = dt * ut;
+      const T* Bt = a.B4.ptr(q.b, t, g);  // [N]
+      const T* Ct = a.C4.ptr(q.b, t, g);  // [N]
+      T acc = 0;
+      int64_t n = 0;
+#if EFFATTN_HAS_SIMD
+      constexpr int64_t L = simd::kLanes<T>;
+      if (N >= L) {
+        using V = simd::Vec<T>;
+        const V vdt(dt), vdtu(dtu);
+        V vacc(T(0));
+        for (; n + L <= N; n += L) {
+          // h[n] = exp(dt A[d,n]) h[n] + dt u B[n];  y += h[n] C[n]
+          const V hn = xsimd::fma(simd::exp(vdt * simd::load(Ad + n)), simd::load(h + n),
+                                  vdtu * simd::load(Bt + n));
+          simd::store(h + n, hn);
+          vacc = xsimd::fma(hn, simd::load(Ct + n), vacc);
+        }
+        acc = simd::hsum(vacc);
+      }
+#endif
+      for (; n < N; ++n) {
+        h[n] = simd::exp_scalar(dt * Ad[n]) * h[n] + dtu * Bt[n];
+        acc += h[n] * Ct[n];
+      }
+      if (!Dskip.empty()) acc += Dskip(d) * ut;
+      if (!z.empty()) acc *= simd::silu_scalar(z(q.b, t, d));
+      y(q.b, t, d) = acc;
+    }
+  }
+}
+
+// Threads for a call of `work` state updates: waking a second thread costs a few microseconds,
+// about 2^15 state updates.
+inline int recurrent_threads(int requested, int64_t work) {
+  return work < (int64_t(1) << 15) ? 1 : get_num_threads(requested);
+}
+
+}  // namespace detail::ssm
+
+// Selective scan, token by token (any T; meant for decode). Same arguments and meaning as
+// selective_scan_naive. final_state may be the same view as initial_state (in place).
+template <class T>
+void selective_scan_recurrent(TensorView<const T> u, TensorView<const T> delta,
+                              TensorView<const T> A, TensorView<const T> B, TensorView<const T> C,
+                              TensorView<const T> D, TensorView<const T> z,
+                              TensorView<const T> delta_bias, TensorView<const T> initial_state,
+                              TensorView<T> y, TensorView<T> final_state = {},
+                              const SelectiveScanParams& p = {}) {
+  using namespace detail::ssm;
+  const ScanArgs<T> a = check_selective_scan("selective_scan_recurrent", u, delta, A, B, C, D, z,
+                                             delta_bias, initial_state, y, final_state, p);
+  const int threads = recurrent_threads(p.num_threads, a.T * a.batch * a.D * a.N);
+  // Work items: (sequence, block of 16 channels).
+  const int64_t kBlock = 16, nblk = (a.D + kBlock - 1) / kBlock;
+  parallel_for_range(
+      0, a.S * nblk,
+      [&](int64_t lo, int64_t hi) {
+        // Without a final_state view, the state lives in per-range scratch [kBlock, N].
+        std::vector<T> scratch(final_state.empty() ? static_cast<std::size_t>(kBlock * a.N) : 0);
+        for (int64_t it = lo; it < hi; ++it) {
+          const Seq& q = a.seqs[static_cast<std::size_t>(it / nblk)];
+          const int64_t d_lo = (it % nblk) * kBlock, d_hi = std::min(a.D, d_lo + kBlock);
+          T* base;
+          int64_t stride;
+          if (final_state.empty()) {
+            base = scratch.data();
+            stride = a.N;
+          } else {
+            base = final_state.ptr(q.s, d_lo);
+            stride = final_state.stride(1);
+          }
+          for (int64_t d = d_lo; d < d_hi; ++d) {
+            T* h = base + (d - d_lo) * stride;
+            if (initial_state.empty()) {
+              std::fill(h, h + a.N, T(0));
+            } else {
+              const T* h0 = initial_state.ptr(q.s, d);
+              if (h0 != h) std::copy(h0, h0 + a.N, h);
+            }
+          }
+          scan_channels_recurrent(a, q, d_lo, d_hi, u, delta, A, D, z, delta_bias,
+                                  p.delta_softplus, base, stride, y);
+        }
+      },
+      threads);
+}
+
+// Decode: runs the tokens of u [B,T,D] (typically T = 1) from `state` [B,D,N] and leaves the
+// final state in `state`. Writes y [B,T,D]. No allocation.
+template <class T>
+void selective_scan_step(TensorView<const T> u, TensorView<const T> delta, TensorView<const T> A,
+                         TensorView<const T> B, TensorView<const T> C, TensorView<const T> D,
+                         TensorView<const T> z, TensorView<const T> delta_bias,
+                         TensorView<T> state, TensorView<T> y, const SelectiveScanParams& p = {}) {
+  check(!state.empty(), "selective_scan_step: state is required ([B, D, N], updated in place)");
+  selective_scan_recurrent<T>(u, delta, A, B, C, D, z, delta_bias, state, y, state, p);
+}
+
+}  // namespace effattn
