@@ -57,7 +57,7 @@ void sliding_window(benchmark::State& state) {
   double pairs = 0;  // visible (query, key) pairs
   for (int64_t i = 0; i < T; ++i) pairs += double(std::min<int64_t>(i + 1, W));
   bench::set_rates(state, 4.0 * pairs * D * Hq);
-  state.counters["ns/token"] = benchmark::Counter(
+  state.counters["sec/token"] = benchmark::Counter(
       double(T), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
 }
 

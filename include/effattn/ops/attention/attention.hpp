@@ -22,17 +22,10 @@
 
 namespace effattn {
 
-// o [B,Tq,Hq,V] = softmax attention of q [B,Tq,Hq,K] over k [B,Tk,Hkv,K], v [B,Tk,Hkv,V];
-// lse [B,Tq,Hq] (natural log) if not empty.
-template <class T, class KV = T>
-void attention(attn_detail::nd_t<TensorView<const T>> q, attn_detail::nd_t<TensorView<const KV>> k,
-               attn_detail::nd_t<TensorView<const KV>> v, attn_detail::nd_t<TensorView<T>> o,
-               const AttentionParams& params = {},
-               attn_detail::nd_t<TensorView<T>> lse = TensorView<T>{},
-               const attn_detail::nd_t<AttentionExtras<T>>& extras = {}) {
-  static_assert(std::is_floating_point_v<T>, "attention: T must be float or double");
-  using namespace attn_detail;
-  const Problem<T, KV> P = make_problem("attention", q, k, v, o, lse, params, extras);
+namespace attn_detail {
+// Runs a resolved problem: each sequence to the prefill kernel or the decode path.
+template <class T, class KV>
+void dispatch(const Problem<T, KV>& P) {
   std::vector<std::size_t> pre, dec;
   for (std::size_t s = 0; s < P.segs.size(); ++s) {
     const Segment& sg = P.segs[s];
@@ -44,13 +37,26 @@ void attention(attn_detail::nd_t<TensorView<const T>> q, attn_detail::nd_t<Tenso
   if (!pre.empty()) attention_prefill_run(P, pre);
   if (!dec.empty()) attention_decode_run(P, dec);
 }
+}  // namespace attn_detail
+
+// o [B,Tq,Hq,V] = softmax attention of q [B,Tq,Hq,K] over k [B,Tk,Hkv,K], v [B,Tk,Hkv,V];
+// lse [B,Tq,Hq] (natural log) if not empty.
+template <class T, class KV = T>
+void attention(attn_detail::nd_t<TensorView<const T>> q, attn_detail::nd_t<TensorView<const KV>> k,
+               attn_detail::nd_t<TensorView<const KV>> v, attn_detail::nd_t<TensorView<T>> o,
+               const AttentionParams& params = {},
+               attn_detail::nd_t<TensorView<T>> lse = TensorView<T>{},
+               const attn_detail::nd_t<AttentionExtras<T>>& extras = {}) {
+  static_assert(std::is_floating_point_v<T>, "attention: T must be float or double");
+  using namespace attn_detail;
+  attn_detail::dispatch(make_problem("attention", q, k, v, o, lse, params, extras));
+}
 
 // Convenience: allocates and returns o [B,Tq,Hq,V].
 template <class T, class KV = T>
 Tensor<T> attention(attn_detail::nd_t<TensorView<const T>> q,
                     attn_detail::nd_t<TensorView<const KV>> k,
-                    attn_detail::nd_t<TensorView<const KV>> v,
-                    const AttentionParams& params = {}) {
+                    attn_detail::nd_t<TensorView<const KV>> v, const AttentionParams& params = {}) {
   check(q.ndim() == 4 && v.ndim() == 4, "attention: q and v must be 4-D, got q ",
         q.empty() ? std::string("<none>") : q.shape().str(), ", v ",
         v.empty() ? std::string("<none>") : v.shape().str());

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -16,118 +17,243 @@
 #include <vector>
 
 #include "effattn/core/parallel.hpp"
+#include "effattn/ops/attention/prefill.hpp"
 #include "effattn/ops/attention/variant.hpp"
 #include "effattn/simd/simd.hpp"
 
 namespace effattn {
 namespace attn_detail {
 
-inline constexpr int64_t kDecodeBlock = 64;     // keys per score block
-inline constexpr int64_t kDecodeSplit = 512;    // default keys per split-K partial
-inline constexpr int64_t kDecodeMaxRows = 16;   // auto path: decode when Tq <= this
+inline constexpr int64_t kDecodeBlock = 32;    // keys per score block (all kv heads)
+inline constexpr int64_t kDecodeSplit = 512;   // default keys per split-K partial
+inline constexpr int64_t kDecodeMaxRows = 16;  // auto path: decode when Tq <= this
+
+// St[j, c0 + r] = Qs[r0 + r] . K_j for 4 query rows and keys j < bk of one kv head: blocks of
+// 4 rows x (L/4) keys accumulate in L registers along the head dim, and one transposing
+// reduction (xsimd::haddp: lane i = sum of register i) yields their L scores at once, instead
+// of one horizontal sum per score. Keys past the last whole block use simd::dot.
+#if EFFATTN_HAS_SIMD
+// lane_of[i]: the lane of xsimd::haddp's result that holds the sum of register i. It is i by
+// contract, but xsimd 8.1's AVX-512 float version returns lanes 2-5 and 10-13 swapped in pairs;
+// measured once, so the code is right with either behaviour.
+template <class T>
+inline const std::array<int, kL<T>>& haddp_lanes() {
+  static const std::array<int, kL<T>> lanes = [] {
+    std::array<int, kL<T>> m{};
+    VecT<T> rows[kL<T>];
+    alignas(64) T buf[kL<T>];
+    for (int64_t i = 0; i < kL<T>; ++i) {
+      for (int64_t l = 0; l < kL<T>; ++l) buf[l] = l == 0 ? T(i + 1) : T(0);
+      rows[i] = VecT<T>::load_aligned(buf);
+    }
+    xsimd::haddp(rows).store_aligned(buf);
+    for (int64_t lane = 0; lane < kL<T>; ++lane) {
+      const int64_t i = static_cast<int64_t>(buf[lane]) - 1;
+      m[static_cast<std::size_t>(i >= 0 && i < kL<T> ? i : lane)] = static_cast<int>(lane);
+    }
+    return m;
+  }();
+  return lanes;
+}
+#endif
+
+template <class T, class KRow>
+inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St, int64_t ld) {
+  int64_t j = 0;
+#if EFFATTN_HAS_SIMD
+  constexpr int64_t L = kL<T>;
+  if constexpr (L >= 4) {
+    constexpr int64_t KB = L / 4;  // keys per block
+    const int64_t kv = K / L * L;
+    const auto& lane_of = haddp_lanes<T>();
+    for (; j + KB <= bk; j += KB) {
+      VecT<T> acc[L];
+      const T* kr[KB];
+      for (int64_t b = 0; b < KB; ++b) kr[b] = krow(j + b);
+      for (int64_t i = 0; i < L; ++i) acc[i] = VecT<T>(T(0));
+      for (int64_t d = 0; d < kv; d += L) {
+        VecT<T> kd[KB];
+        for (int64_t b = 0; b < KB; ++b) {
+          kd[b] = vld(kr[b] + d);
+          pin(kd[b]);
+        }
+        for (int64_t r = 0; r < 4; ++r) {
+          VecT<T> qd = vld(Qs + r * K + d);
+          pin(qd);
+          for (int64_t b = 0; b < KB; ++b) acc[b * 4 + r] = vfma(qd, kd[b], acc[b * 4 + r]);
+        }
+      }
+      alignas(64) T sums[L];
+      xsimd::haddp(acc).store_aligned(sums);  // sums[lane_of[b * 4 + r]]
+      for (int64_t b = 0; b < KB; ++b)
+        for (int64_t r = 0; r < 4; ++r) {
+          T t = sums[lane_of[b * 4 + r]];
+          for (int64_t d = kv; d < K; ++d) t += Qs[r * K + d] * kr[b][d];
+          St[(j + b) * ld + r] = t;
+        }
+    }
+  }
+#endif
+  for (; j < bk; ++j) {
+    const T* kj = krow(j);
+    for (int64_t r = 0; r < 4; ++r) St[j * ld + r] = simd::dot(Qs + r * K, kj, K);
+  }
+}
 
 // Partial state of all rows of a segment over keys [j_begin, j_end): m [R], l [R],
 // o [R, V] (unnormalised), R = Hq * tq, row r = h * tq + t (query t of head h). Every kv head
 // is handled in the same pass, so the item streams whole key rows [Hkv, K] sequentially
 // (the rows of one head alone are Hkv * K apart, a new page each for long contexts).
+// Scores are kept key-major, St [BK, Rp] (Rp = R rounded up to the lanes), so the online
+// softmax runs across rows in SIMD lanes, and P.V is the micro-kernel of the prefill tile.
 template <class T, class KV>
 void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin, int64_t j_end,
                     T* pm, T* pl, T* po, std::vector<T>& buf) {
   constexpr int64_t BK = kDecodeBlock;
+  constexpr int64_t L = kL<T>;
   constexpr bool kConvert = !std::is_same_v<T, KV>;
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t K = P.K, V = P.V, G = P.G, Hkv = P.Hkv, tq = sg.tq, R = P.Hq * tq;
   const int64_t RG = G * tq;  // rows per kv head
+  const int64_t Rp = (R + L - 1) / L * L, nrv = Rp / L;
   const MaskPolicy mask = P.mask(sg);
 
-  // Buffers: Qs [R, K] (scaled queries), S [R, BK], Kc [BK, Hkv, K], Vc [BK, Hkv, V].
+  // Buffers: Qs [R, K] (scaled queries), St [BK, Rp], m, l, alpha [Rp],
+  // Kc [BK, Hkv, K], Vc [BK, Hkv, V] (bf16 only).
   const std::size_t need =
-      static_cast<std::size_t>(R * (K + BK) + (kConvert ? BK * Hkv * (K + V) : 0));
+      static_cast<std::size_t>(R * K + BK * Rp + 3 * Rp + (kConvert ? BK * Hkv * (K + V) : 0));
   if (buf.size() < need) buf.resize(need);
   T* Qs = buf.data();
-  T* S = Qs + R * K;
-  T* Kc = S + R * BK;
+  T* St = Qs + R * K;
+  T* m = St + BK * Rp;
+  T* l = m + Rp;
+  T* alpha = l + Rp;
+  T* Kc = alpha + Rp;
   T* Vc = Kc + BK * Hkv * K;
-  std::vector<char> active(static_cast<std::size_t>(R));
+  std::fill(St, St + BK * Rp, T(0));  // padded lanes stay finite
+  std::fill(m, m + Rp, ninf);
+  std::fill(l, l + Rp, T(0));
 
   for (int64_t r = 0; r < R; ++r) {
     const T* qr = P.q.ptr(sg.bq, sg.q0 + r % tq, r / tq);
     for (int64_t d = 0; d < K; ++d) Qs[r * K + d] = P.scale * qr[d];
-    pm[r] = ninf;
-    pl[r] = T(0);
     std::fill(po + r * V, po + (r + 1) * V, T(0));
   }
 
+  // Key and value rows [Hkv, K|V] of key j, towards the caches (one range when the heads are
+  // contiguous, as in [B, T, H, D]).
+  const int64_t khs_in = P.k.stride(2), vhs_in = P.v.stride(2);
+  const int64_t kbytes = K * int64_t(sizeof(KV)), vbytes = V * int64_t(sizeof(KV));
+  auto prefetch_key = [&](int64_t j) {
+    const KV* kp = P.k.ptr(sg.bk, sg.k0 + j);
+    const KV* vp = P.v.ptr(sg.bk, sg.k0 + j);
+    if (khs_in == K && vhs_in == V) {
+      prefetch_bytes(kp, Hkv * kbytes);
+      prefetch_bytes(vp, Hkv * vbytes);
+    } else {
+      for (int64_t hk = 0; hk < Hkv; ++hk) {
+        prefetch_bytes(kp + hk * khs_in, kbytes);
+        prefetch_bytes(vp + hk * vhs_in, vbytes);
+      }
+    }
+  };
+  for (int64_t jp = j_begin; jp < std::min(j_begin + 8, j_end); ++jp) prefetch_key(jp);
+  const int64_t kstep = kConvert ? Hkv * K : P.k.stride(1);
+  const int64_t vstep = kConvert ? Hkv * V : P.v.stride(1);
   for (int64_t j0 = j_begin; j0 < j_end; j0 += BK) {
     const int64_t j1 = std::min(j0 + BK, j_end), bk = j1 - j0;
     const TileKind kind = mask.classify(0, tq, j0, j1);
     if (kind == TileKind::kHidden) continue;
-    // key / value row of (key j, kv head hk)
-    auto krow = [&](int64_t j, int64_t hk) -> const T* {
-      if constexpr (kConvert) {
-        return Kc + (j * Hkv + hk) * K;
-      } else {
-        return P.k.ptr(sg.bk, sg.k0 + j0 + j, hk);
-      }
-    };
-    auto vrow = [&](int64_t j, int64_t hk) -> const T* {
-      if constexpr (kConvert) {
-        return Vc + (j * Hkv + hk) * V;
-      } else {
-        return P.v.ptr(sg.bk, sg.k0 + j0 + j, hk);
-      }
-    };
+
+    const T* kbase = nullptr;
+    const T* vbase = nullptr;
     if constexpr (kConvert) {
       for (int64_t j = 0; j < bk; ++j)
         for (int64_t hk = 0; hk < Hkv; ++hk) {
           load_row(P.k.ptr(sg.bk, sg.k0 + j0 + j, hk), Kc + (j * Hkv + hk) * K, K);
           load_row(P.v.ptr(sg.bk, sg.k0 + j0 + j, hk), Vc + (j * Hkv + hk) * V, V);
         }
+      kbase = Kc, vbase = Vc;
+    } else {
+      kbase = P.k.ptr(sg.bk, sg.k0 + j0, 0);
+      vbase = P.v.ptr(sg.bk, sg.k0 + j0, 0);
     }
+    const int64_t khs = kConvert ? K : P.k.stride(2), vhs = kConvert ? V : P.v.stride(2);
 
-    // S[r, j] = Qs[r] . K[j, hk(r)]   (each key row read once for the G * tq rows of its head)
-    for (int64_t j = 0; j < bk; ++j)
+    // St[j, r] = Qs[r] . K[j, hk(r)], key-major so that memory is read in order. A key row
+    // [Hkv, K] is a page or so, which the hardware prefetchers do not cross: prefetch the key
+    // and value rows kAhead keys ahead by hand (the value rows are read by P.V below).
+    constexpr int64_t kStep = L >= 4 ? L / 4 : 1;  // keys per score block of scores_4rows
+    constexpr int64_t kAhead = 8;
+    for (int64_t jb = 0; jb < bk; jb += kStep) {
+      const int64_t nb = std::min(kStep, bk - jb);
+      for (int64_t jp = j0 + jb + kAhead; jp < std::min(j0 + jb + kAhead + nb, j_end); ++jp)
+        prefetch_key(jp);
       for (int64_t hk = 0; hk < Hkv; ++hk) {
-        const T* kj = krow(j, hk);
-        for (int64_t r = hk * RG; r < (hk + 1) * RG; ++r)
-          S[r * BK + j] = simd::dot(Qs + r * K, kj, K);
+        auto krow = [&](int64_t j) { return kbase + (jb + j) * kstep + hk * khs; };
+        T* Sb = St + jb * Rp;
+        int64_t r = hk * RG;
+        for (; r + 4 <= (hk + 1) * RG; r += 4) scores_4rows(Qs + r * K, K, nb, krow, Sb + r, Rp);
+        for (; r < (hk + 1) * RG; ++r)
+          for (int64_t j = 0; j < nb; ++j) Sb[j * Rp + r] = simd::dot(Qs + r * K, krow(j), K);
       }
+    }
     if (P.var.softcap > 0)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t j = 0; j < bk; ++j)
-          S[r * BK + j] = softcap_scalar(S[r * BK + j], P.var.softcap);
+      for (int64_t j = 0; j < bk; ++j)
+        for (int64_t r = 0; r < R; ++r)
+          St[j * Rp + r] = softcap_scalar(St[j * Rp + r], P.var.softcap);
     if (P.var.elementwise())
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t j = 0; j < bk; ++j)
-          S[r * BK + j] += P.var.extra(sg.bq, r / tq, sg.q0 + r % tq, sg.k0 + j0 + j);
+      for (int64_t j = 0; j < bk; ++j)
+        for (int64_t r = 0; r < R; ++r)
+          St[j * Rp + r] += P.var.extra(sg.bq, r / tq, sg.q0 + r % tq, sg.k0 + j0 + j);
     if (kind == TileKind::kPartial)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t j = 0; j < bk; ++j)
-          if (!mask.visible(r % tq, j0 + j)) S[r * BK + j] = ninf;
+      for (int64_t j = 0; j < bk; ++j)
+        for (int64_t r = 0; r < R; ++r)
+          if (!mask.visible(r % tq, j0 + j)) St[j * Rp + r] = ninf;
 
-    // Per row: m' = max(m, max_j S);  o *= exp(m - m');  S = exp(S - m');  l = l e^(m-m') + sum S
-    for (int64_t r = 0; r < R; ++r) {
-      T* sr = S + r * BK;
-      const T mx = std::max(pm[r], simd::reduce_max(sr, bk));
-      active[r] = mx != ninf;
-      if (!active[r]) continue;
-      if (mx != pm[r]) {
-        const T a = pm[r] == ninf ? T(0) : simd::exp_scalar(pm[r] - mx);
-        simd::scale(a, po + r * V, V);
-        pl[r] *= a;
-        pm[r] = mx;
+    // Online softmax across rows in lanes:
+    //   m' = max(m, max_j St[j]);  alpha = exp(m - m');  St = exp(St - m');  l = alpha l + sum
+    bool rescale = false;
+    for (int64_t c0 = 0; c0 < nrv; ++c0) {
+      const int64_t c = c0 * L;
+      VecT<T> mx = vld(m + c);
+      for (int64_t j = 0; j < bk; ++j) mx = vmax(mx, vld(St + j * Rp + c));
+      const VecT<T> mu = vsel_ninf_to_zero(mx);
+      const VecT<T> a = vexp(vld(m + c) - mu);
+      VecT<T> sum(T(0));
+      for (int64_t j = 0; j < bk; ++j) {
+        const VecT<T> p = vexp(vld(St + j * Rp + c) - mu);
+        vst(St + j * Rp + c, p);
+        sum = sum + p;
       }
-      pl[r] += simd::exp_sub_sum(sr, mx, sr, bk);
+      vst(l + c, vfma(a, vld(l + c), sum));
+      vst(m + c, mx);
+      vst(alpha + c, a);
     }
-    // o[r] += sum_j S[r, j] V[j, hk(r)]
-    for (int64_t j = 0; j < bk; ++j)
-      for (int64_t hk = 0; hk < Hkv; ++hk) {
-        const T* vj = vrow(j, hk);
-        for (int64_t r = hk * RG; r < (hk + 1) * RG; ++r) {
-          const T p = S[r * BK + j];
-          if (active[r] && p != T(0)) simd::axpy(p, vj, po + r * V, V);
+    for (int64_t r = 0; r < R; ++r) rescale = rescale || alpha[r] != T(1);
+    if (rescale)
+      for (int64_t r = 0; r < R; ++r)
+        if (alpha[r] != T(1)) simd::scale(alpha[r], po + r * V, V);
+
+    // o[r, e] += sum_j St[j, r] V[j, hk(r), e]: the micro-kernel keeps a [4 rows x 4 vectors]
+    // block of o in registers across the key block; the V % L tail columns go scalar.
+    const int64_t nvec = V / L, tail0 = nvec * L;
+    for (int64_t hk = 0; hk < Hkv; ++hk) {
+      const T* v0 = vbase + hk * vhs;
+      const T* A = St + hk * RG;
+      T* o0 = po + hk * RG * V;
+      if (nvec > 0) tile_gemm<T>(RG, nvec, bk, A, 1, Rp, v0, vstep, o0, V, true, nullptr);
+      for (int64_t r = 0; r < RG && tail0 < V; ++r)
+        for (int64_t j = 0; j < bk; ++j) {
+          const T p = A[j * Rp + r];
+          const T* vj = v0 + j * vstep;
+          for (int64_t e = tail0; e < V; ++e) o0[r * V + e] += p * vj[e];
         }
-      }
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    pm[r] = m[r];
+    pl[r] = l[r];
   }
 }
 
@@ -178,9 +304,8 @@ void attention_decode_run(const attn_detail::Problem<T, KV>& P,
         if (threads > 1) tid = omp_get_thread_num();
 #endif
         const Item& w = items[static_cast<std::size_t>(it)];
-        decode_partial(P, P.segs[w.seg], w.j0, w.j1, pm.data() + w.part,
-                       pl.data() + w.part, po.data() + w.part * V,
-                       bufs[static_cast<std::size_t>(tid)]);
+        decode_partial(P, P.segs[w.seg], w.j0, w.j1, pm.data() + w.part, pl.data() + w.part,
+                       po.data() + w.part * V, bufs[static_cast<std::size_t>(tid)]);
       },
       threads);
 

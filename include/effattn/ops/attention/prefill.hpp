@@ -108,12 +108,24 @@ inline T vsel_ninf_to_zero(T m) {
 }
 #endif
 
+// Keeps a loaded vector in a register: without it GCC folds the load into every FMA that uses
+// the vector (a memory operand each time), doubling the loads of a micro-kernel and making it
+// load-port bound instead of FMA bound.
+template <class V>
+inline void pin(V& x) {
+#if EFFATTN_HAS_SIMD && defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __asm__("" : "+v"(x.data));
+#else
+  (void)x;
+#endif
+}
+
 // C[r, c*L .. c*L+L) = (acc ? C * cs : 0) + sum_k A[r*ars + k*aks] * B[k*ldb + c*L ..]
 // for r < R, c < CV. cs (per column, may be null) rescales the old C: the online-softmax
 // correction exp(m_old - m_new) folded into the accumulator load.
 template <class T, int R, int CV>
-inline void ukernel(int64_t kd, const T* A, int64_t ars, int64_t aks, const T* B, int64_t ldb,
-                    T* C, int64_t ldc, bool acc, const T* cs) {
+inline void ukernel(int64_t kd, const T* A, int64_t ars, int64_t aks, const T* B, int64_t ldb, T* C,
+                    int64_t ldc, bool acc, const T* cs) {
   constexpr int64_t L = kL<T>;
   VecT<T> c[R][CV];
   if (acc) {
@@ -128,7 +140,10 @@ inline void ukernel(int64_t kd, const T* A, int64_t ars, int64_t aks, const T* B
   }
   for (int64_t k = 0; k < kd; ++k) {
     VecT<T> b[CV];
-    for (int j = 0; j < CV; ++j) b[j] = vld(B + k * ldb + j * L);
+    for (int j = 0; j < CV; ++j) {
+      b[j] = vld(B + k * ldb + j * L);
+      pin(b[j]);
+    }
     for (int r = 0; r < R; ++r) {
       const VecT<T> a(A[r * ars + k * aks]);
       for (int j = 0; j < CV; ++j) c[r][j] = vfma(a, b[j], c[r][j]);
@@ -141,9 +156,8 @@ inline void ukernel(int64_t kd, const T* A, int64_t ars, int64_t aks, const T* B
 // C[rows, ncols] (ld ldc) (+)= A(rows, kd) B[kd, ncols], ncols a multiple of L: the
 // micro-kernel over blocks of kR rows and kCV vectors, remainders by smaller instances.
 template <class T>
-inline void tile_gemm(int64_t rows, int64_t nvec, int64_t kd, const T* A, int64_t ars,
-                      int64_t aks, const T* B, int64_t ldb, T* C, int64_t ldc, bool acc,
-                      const T* cs) {
+inline void tile_gemm(int64_t rows, int64_t nvec, int64_t kd, const T* A, int64_t ars, int64_t aks,
+                      const T* B, int64_t ldb, T* C, int64_t ldc, bool acc, const T* cs) {
   constexpr int64_t L = kL<T>;
   constexpr int kR = 4, kCV = 4;
   for (int64_t c0 = 0; c0 < nvec; c0 += kCV) {
@@ -162,18 +176,33 @@ inline void tile_gemm(int64_t rows, int64_t nvec, int64_t kd, const T* A, int64_
     using I4 = std::integral_constant<int, 4>;
     auto by_cv = [&](auto R_) {
       switch (cv) {
-        case 4: run(R_, I4{}); break;
-        case 3: run(R_, I3{}); break;
-        case 2: run(R_, I2{}); break;
-        default: run(R_, I1{}); break;
+        case 4:
+          run(R_, I4{});
+          break;
+        case 3:
+          run(R_, I3{});
+          break;
+        case 2:
+          run(R_, I2{});
+          break;
+        default:
+          run(R_, I1{});
+          break;
       }
     };
     for (; r + kR <= rows; r += kR) by_cv(I4{});
     switch (rows - r) {
-      case 3: by_cv(I3{}); break;
-      case 2: by_cv(I2{}); break;
-      case 1: by_cv(I1{}); break;
-      default: break;
+      case 3:
+        by_cv(I3{});
+        break;
+      case 2:
+        by_cv(I2{});
+        break;
+      case 1:
+        by_cv(I1{});
+        break;
+      default:
+        break;
     }
   }
 }
@@ -181,8 +210,8 @@ inline void tile_gemm(int64_t rows, int64_t nvec, int64_t kd, const T* A, int64_
 // One query tile of head h. kh / vh: key / value rows of this segment's kv head (row j at
 // kh + j * ks), already in the compute type.
 template <class T, class KV>
-void prefill_tile(const Problem<T, KV>& P, const Segment& sg, int64_t h, int64_t i0,
-                  const T* kh, int64_t ks, const T* vh, int64_t vs, std::vector<T>& buf) {
+void prefill_tile(const Problem<T, KV>& P, const Segment& sg, int64_t h, int64_t i0, const T* kh,
+                  int64_t ks, const T* vh, int64_t vs, std::vector<T>& buf) {
   constexpr int64_t L = kL<T>;
   constexpr int64_t BQ = kQTile, BK = kKTile;
   const T ninf = -std::numeric_limits<T>::infinity();
@@ -314,8 +343,8 @@ void attention_prefill_run(const attn_detail::Problem<T, KV>& P,
   // [B, T, H, D] for H = 8, D = 128, which maps a whole key tile onto a few L1 sets; and a bf16
   // cache is converted once instead of once per query tile.
   const int64_t B = P.k.size(0), Tk = P.k.size(1), Hkv = P.Hkv, K = P.K, V = P.V;
-  const bool pack = !std::is_same_v<T, KV> || (Hkv > 1 && Tk > kKTile) ||
-                    P.k.stride(1) != K || P.v.stride(1) != V;
+  const bool pack = !std::is_same_v<T, KV> || (Hkv > 1 && Tk > kKTile) || P.k.stride(1) != K ||
+                    P.v.stride(1) != V;
   std::vector<T> Kp, Vp;
   if (pack) {
     Kp.resize(static_cast<std::size_t>(B * Hkv * Tk * K));

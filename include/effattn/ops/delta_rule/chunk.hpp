@@ -89,6 +89,7 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
           copy_state(initial_state.ptr(n, hv), initial_state.stride(2), S.data(), V, K, V);
 
         const int64_t t_begin = pr.begin(n), t_end = pr.end(n);
+        for (int64_t t = t_begin; t < std::min(t_begin + C, t_end); ++t) rd.prefetch(b, t, hv);
         int64_t t0 = t_begin;
         while (t0 < t_end) {
           int64_t c = std::min(C, t_end - t0);
@@ -123,6 +124,7 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
             for (int64_t ch = 0; ch < K; ++ch) ref[ch] = T(0.5) * (mn[ch] + mx[ch]);
           }
           const T* g_last = Gc.data() + (c - 1) * GK;
+          for (int64_t t = t0 + c; t < std::min(t0 + c + C, t_end); ++t) rd.prefetch(b, t, hv);
 
           // Gather: Qs, Kn, beta, beta v; then the decayed forms.
           for (int64_t i = 0; i < c; ++i) {

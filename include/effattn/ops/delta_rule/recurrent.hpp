@@ -37,24 +37,27 @@ struct TokenData {
 
 #if EFFATTN_HAS_SIMD
 // One token on the NV * L columns at S (row stride ld), v and o offset to the same columns.
+// Accumulators are named registers (4 row phases in pass 1, 2 in pass 2) so the FMA latency
+// is hidden without spilling.
 template <class T, DeltaRuleGate G, int NV>
 inline void step_tile(T* S, int64_t ld, int64_t K, const TokenData<T>& d, int64_t c0) {
   using VT = simd::Vec<T>;
   constexpr int64_t L = simd::kLanes<T>;
-  VT a0[NV], a1[NV];
-  for (int j = 0; j < NV; ++j) a0[j] = a1[j] = VT(T(0));
-  // pass 1: x = sum_r kd[r] S[r, :]   (two row chains to hide FMA latency)
+  VT a0[NV], a1[NV], a2[NV], a3[NV];
+  for (int j = 0; j < NV; ++j) a0[j] = a1[j] = a2[j] = a3[j] = VT(T(0));
+  // pass 1: x = sum_r kd[r] S[r, :]
   int64_t r = 0;
-  for (; r + 1 < K; r += 2) {
-    const VT k0(d.kd[r]), k1(d.kd[r + 1]);
+  for (; r + 3 < K; r += 4) {
+    const VT k0(d.kd[r]), k1(d.kd[r + 1]), k2(d.kd[r + 2]), k3(d.kd[r + 3]);
     const T* s0 = S + r * ld;
-    const T* s1 = s0 + ld;
     for (int j = 0; j < NV; ++j) {
       a0[j] = xsimd::fma(simd::load(s0 + j * L), k0, a0[j]);
-      a1[j] = xsimd::fma(simd::load(s1 + j * L), k1, a1[j]);
+      a1[j] = xsimd::fma(simd::load(s0 + ld + j * L), k1, a1[j]);
+      a2[j] = xsimd::fma(simd::load(s0 + 2 * ld + j * L), k2, a2[j]);
+      a3[j] = xsimd::fma(simd::load(s0 + 3 * ld + j * L), k3, a3[j]);
     }
   }
-  if (r < K) {
+  for (; r < K; ++r) {
     const VT k0(d.kd[r]);
     for (int j = 0; j < NV; ++j) a0[j] = xsimd::fma(simd::load(S + r * ld + j * L), k0, a0[j]);
   }
@@ -62,19 +65,18 @@ inline void step_tile(T* S, int64_t ld, int64_t K, const TokenData<T>& d, int64_
   VT u[NV];
   const VT vb(d.beta), vdec(d.dec_s);
   for (int j = 0; j < NV; ++j) {
-    VT x = a0[j] + a1[j];
+    VT x = (a0[j] + a1[j]) + (a2[j] + a3[j]);
     if constexpr (G == DeltaRuleGate::kScalar) x *= vdec;
     u[j] = vb * (simd::load(d.v + c0 + j * L) - x);
   }
   // pass 2: S[r, :] = dec[r] S[r, :] + k[r] u;  o += q[r] S[r, :]
   for (int j = 0; j < NV; ++j) a0[j] = a1[j] = VT(T(0));
-  for (r = 0; r < K; ++r) {
-    T* s = S + r * ld;
-    const VT kr(d.k[r]), qr(d.q[r]);
+  auto row = [&](int64_t rr, VT* acc) {
+    T* s = S + rr * ld;
+    const VT kr(d.k[rr]), qr(d.q[rr]);
     VT dr;
     if constexpr (G == DeltaRuleGate::kScalar) dr = vdec;
-    if constexpr (G == DeltaRuleGate::kChannel) dr = VT(d.dec[r]);
-    VT* acc = (r & 1) ? a1 : a0;
+    if constexpr (G == DeltaRuleGate::kChannel) dr = VT(d.dec[rr]);
     for (int j = 0; j < NV; ++j) {
       VT x = simd::load(s + j * L);
       if constexpr (G != DeltaRuleGate::kNone) x *= dr;
@@ -82,7 +84,12 @@ inline void step_tile(T* S, int64_t ld, int64_t K, const TokenData<T>& d, int64_
       simd::store(s + j * L, x);
       acc[j] = xsimd::fma(qr, x, acc[j]);
     }
+  };
+  for (r = 0; r + 1 < K; r += 2) {
+    row(r, a0);
+    row(r + 1, a1);
   }
+  if (r < K) row(r, a0);
   for (int j = 0; j < NV; ++j) simd::store(d.o + c0 + j * L, a0[j] + a1[j]);
 }
 #endif
@@ -173,6 +180,9 @@ void recurrent_impl(const TensorView<const T>& q, const TensorView<const T>& k,
         const int64_t t_begin = pr.begin(n), t_end = pr.end(n);
         for (int64_t t0 = t_begin; t0 < t_end; t0 += kBlock) {
           const int64_t cnt = std::min(kBlock, t_end - t0);
+          // The next block's rows arrive while this block runs.
+          for (int64_t t = t0 + cnt; t < std::min(t0 + cnt + kBlock, t_end); ++t)
+            rd.prefetch(b, t, hv);
           for (int64_t i = 0; i < cnt; ++i) {
             const int64_t t = t0 + i;
             TokenData<T>& d = toks[i];

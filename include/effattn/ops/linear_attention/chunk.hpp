@@ -96,9 +96,10 @@ struct ChunkScratch {
 };
 
 // Intra-chunk scores with per-channel gates: A [n, n] (ld lda) from Q, K, G [n, Kf] (ld Kf).
-// Also leaves Qe = Q * exp(G) [n, Kf] for the output product. See the file comment.
+// Also leaves Qe = Q * exp(G) [n, Kf] for the output product. See the file comment. Returns
+// true when the whole chunk was one factored block: Kr then holds K * exp(-G) for every row.
 template <class T>
-void intra_channel(int64_t n, int64_t Kf, const T* Q, const T* K, const T* G, T* A, int64_t lda,
+bool intra_channel(int64_t n, int64_t Kf, const T* Q, const T* K, const T* G, T* A, int64_t lda,
                    T* Qe, T* Kr) {
   T span = T(0);  // -min_k G_last[k]: the chunk's largest total log-decay
   for (int64_t k = 0; k < Kf; ++k) span = std::max(span, -G[(n - 1) * Kf + k]);
@@ -124,9 +125,10 @@ void intra_channel(int64_t n, int64_t Kf, const T* Q, const T* K, const T* G, T*
       std::fill(a + i + 1, a + n, T(0));
     }
     if (i0 > 0) {  // Qr was relative to R: restore Qe = Q exp(G) for these rows
-      for (int64_t i = i0; i < i1; ++i) mul_exp_diff(Q + i * Kf, G + i * Kf, nullptr, Qe + i * Kf, Kf);
+      for (int64_t i = i0; i < i1; ++i) mul_exp_diff<T>(Q + i * Kf, G + i * Kf, nullptr, Qe + i * Kf, Kf);
     }
   }
+  return bs == n;
 }
 
 // One (sequence, head), causal or not.
@@ -215,8 +217,9 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io) {
       }
       // Intra-chunk scores A [n, n].
       const T* Qe = Q;
+      bool one_block = false;
       if (channel) {
-        intra_channel(n, Kf, Q, Kc, G, A, C, w.Qe.data(), w.Kr.data());
+        one_block = intra_channel(n, Kf, Q, Kc, G, A, C, w.Qe.data(), w.Kr.data());
         Qe = w.Qe.data();
       } else {
         if (based_trick) {  // A_ij = scale (1 + s + s^2/2), s = q.k / sqrt(K): K-wide, not Kf
@@ -251,10 +254,13 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io) {
         simd::scale(beta, z, Kf);
       } else if (channel) {
         const T* gl = G + (n - 1) * Kf;
-        for (int64_t j = 0; j < n; ++j) mul_exp_diff(Kc + j * Kf, gl, G + j * Kf, Kd + j * Kf, Kf);
-        Kuse = Kd;
         T* el = w.Gl.data();  // exp(G_last) [Kf]
         simd::exp(gl, el, Kf);
+        if (one_block)  // Kd_j = (K_j exp(-G_j)) exp(G_last): a product instead of n Kf exps
+          for (int64_t j = 0; j < n; ++j) simd::mul(w.Kr.data() + j * Kf, el, Kd + j * Kf, Kf);
+        else
+          for (int64_t j = 0; j < n; ++j) mul_exp_diff(Kc + j * Kf, gl, G + j * Kf, Kd + j * Kf, Kf);
+        Kuse = Kd;
         for (int64_t k = 0; k < Kf; ++k) {
           simd::scale(el[k], S + k * V, V);
           z[k] *= el[k];

@@ -86,19 +86,7 @@ void gate(TensorView<const T> logits, TensorView<const T> bias, TensorView<int32
   }
 }
 
-// Router training figures.
-template <class T>
-struct RouterStats {
-  std::vector<int64_t> counts;  // [E] assignments (token, slot) per expert
-  std::vector<T> fraction;      // [E] f_e = counts_e / (N k)
-  std::vector<T> mean_prob;     // [E] P_e = mean over tokens of the routing probability
-  T aux_loss = 0;               // E * sum_e f_e P_e (Switch / GShard)
-  T aux_loss_hf = 0;            // k * aux_loss (HF load_balancing_loss_func)
-  T z_loss = 0;                 // mean over tokens of logsumexp(logits)^2 (ST-MoE)
-};
-
-// P_e uses the softmax over all E for softmax routing, and the normalised sigmoid scores
-// s_e / sum_j s_j (DeepSeek-V3's balance loss) for sigmoid routing.
+// Router figures by direct sums (RouterStats in params.hpp).
 template <class T>
 RouterStats<T> router_stats(TensorView<const T> logits, TensorView<const int32_t> topk_idx,
                             const GateParams& p) {

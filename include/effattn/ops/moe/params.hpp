@@ -18,6 +18,7 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "effattn/core/bf16.hpp"
 #include "effattn/core/error.hpp"
@@ -49,6 +50,25 @@ struct GateParams {
                                 double routed_scaling_factor = 2.5) {
     return {ScoreFunc::kSigmoid, k, true, n_group, topk_group, routed_scaling_factor};
   }
+};
+
+// Router training figures (gating.hpp router_stats):
+//   counts_e     assignments (token, slot) routed to expert e, before any capacity dropping
+//   f_e          counts_e / (N k)
+//   P_e          mean over tokens of the routing probability: the softmax over all E for softmax
+//                routing; the normalised sigmoid scores s_e / sum_j s_j (DeepSeek-V3's balance
+//                loss) for sigmoid routing
+//   aux_loss     E * sum_e f_e P_e  (Switch Transformer; GShard for k > 1)
+//   aux_loss_hf  k * aux_loss       (HF load_balancing_loss_func counts every slot over N)
+//   z_loss       mean over tokens of logsumexp(logits)^2  (ST-MoE router z-loss)
+template <class T>
+struct RouterStats {
+  std::vector<int64_t> counts;  // [E]
+  std::vector<T> fraction;      // [E] f_e
+  std::vector<T> mean_prob;     // [E] P_e
+  T aux_loss = 0;
+  T aux_loss_hf = 0;
+  T z_loss = 0;
 };
 
 // Expert weights of an MoE feed-forward, SwiGLU experts in the golden layout (x @ W):

@@ -5,11 +5,11 @@
 //   y_t[d] = act(bias[d] + sum_{i<W} weight[d, i] xx[t+i, d]),  final_state = xx[T : T+W-1]
 //
 // Memory-bound: each input row is read once and each output row written once. Work items are
-// (sequence, block of kConvTimeBlock tokens); inside one, a register of L channels walks the
-// tokens with the W weights and a sliding window of the last W inputs in registers (one load,
-// W FMAs, one store per token and register). The final states are written after every item has
-// read the initial state, so final_state may be initial_state (in place): that is
-// causal_conv1d_update, the decode form.
+// (sequence, block of kConvTimeBlock tokens), spread over threads. Prefill sweeps each output
+// row along D with the weights transposed once per call to [W, D] (rows stream through memory in
+// order); decode (a few tokens) keeps a register's W weights and a sliding window of its last
+// W inputs in registers. The final states are written after every item has read the initial
+// state, so final_state may be initial_state (in place): that is causal_conv1d_update.
 #pragma once
 
 #include <algorithm>
@@ -27,7 +27,10 @@ namespace effattn {
 namespace detail::ssm {
 
 inline constexpr int64_t kConvTimeBlock = 256;  // tokens per work item
-inline constexpr int kConvMaxW = 8;             // widths with a register kernel; wider: scalar
+inline constexpr int kConvMaxW = 8;             // widths with a SIMD kernel; wider: scalar
+inline constexpr int64_t kConvRowsMinLen = 16;  // longer sequences take the row-streaming tile
+inline constexpr int64_t kConvRowTile = 512;    // channels per row sweep (L1-sized working set)
+inline constexpr int kConvStep = 4;             // tokens per row sweep
 
 // Channels [d_lo, d_hi) of nt tokens, scalar. rows[k] = xx row k of the tile (nullptr = zeros),
 // k < nt + W - 1; output row t at y + t * y_stride.
@@ -47,10 +50,12 @@ void conv_tile_scalar(const T* const* rows, int64_t nt, int64_t W, const TensorV
 }
 
 #if EFFATTN_HAS_SIMD
-// Whole registers of channels; returns the first channel left for the scalar tail.
+// Decode tiles (a few tokens): one register of L channels walks the tokens with its W weights
+// and a sliding window of the last W inputs in registers. Returns the first channel left for
+// the scalar tail.
 template <class T, int W>
-int64_t conv_tile_simd(const T* const* rows, int64_t nt, const TensorView<const T>& w,
-                       const T* bias, bool silu, int64_t D, T* y, int64_t y_stride) {
+int64_t conv_tile_window(const T* const* rows, int64_t nt, const TensorView<const T>& w,
+                         const T* bias, bool silu, int64_t D, T* y, int64_t y_stride) {
   constexpr int64_t L = simd::kLanes<T>;
   using V = simd::Vec<T>;
   const V zero(T(0));
@@ -82,13 +87,65 @@ int64_t conv_tile_simd(const T* const* rows, int64_t nt, const TensorView<const 
   }
   return d0;
 }
+
+// Prefill tiles: kConvStep tokens at a time, each group of output rows swept along a tile of
+// kConvRowTile channels, so x and y stream through memory in order (a walk down one column
+// starts a new page every row: no prefetch, latency-bound). Per register of L channels, the
+// kConvStep outputs share the W weight loads and the kConvStep + W - 1 input loads (loads, not
+// FMAs, bound this loop). The tile keeps the working set (weights, input and output rows) in L1.
+// wT [W, D] are the transposed weights; null rows read `zeros` [D].
+template <class T, int W, int TT>
+void conv_rows_step(const T* const* r, const T* wT, const T* bias, bool silu, int64_t D, int64_t c0,
+                    int64_t c1, T* y, int64_t y_stride) {
+  constexpr int64_t L = simd::kLanes<T>;
+  using V = simd::Vec<T>;
+  for (int64_t d0 = c0; d0 < c1; d0 += L) {
+    V w[W], acc[TT];
+#pragma GCC unroll 8
+    for (int i = 0; i < W; ++i) w[i] = simd::load(wT + i * D + d0);
+#pragma GCC unroll 8
+    for (int j = 0; j < TT; ++j) acc[j] = bias ? simd::load(bias + d0) : V(T(0));
+#pragma GCC unroll 16
+    for (int k = 0; k < TT + W - 1; ++k) {
+      const V xv = simd::load(r[k] + d0);  // xx[t + k]
+#pragma GCC unroll 8
+      for (int j = 0; j < TT; ++j) {
+        const int i = k - j;  // y_{t+j} += w[:, i] xx[t+j+i]
+        if (i >= 0 && i < W) acc[j] = xsimd::fma(w[i], xv, acc[j]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < TT; ++j)
+      simd::store(y + j * y_stride + d0, silu ? simd::silu(acc[j]) : acc[j]);
+  }
+}
+
+template <class T, int W>
+int64_t conv_tile_rows(const T* const* rows, int64_t nt, const T* wT, const T* zeros, const T* bias,
+                       bool silu, int64_t D, T* y, int64_t y_stride) {
+  constexpr int64_t L = simd::kLanes<T>;
+  const int64_t Dv = D / L * L;
+  const T* r[kConvTimeBlock + kConvMaxW];
+  for (int64_t k = 0; k < nt + W - 1; ++k) r[k] = rows[k] ? rows[k] : zeros;
+  for (int64_t c0 = 0; c0 < Dv; c0 += kConvRowTile) {
+    const int64_t c1 = std::min(Dv, c0 + kConvRowTile);
+    int64_t t = 0;
+    for (; t + kConvStep <= nt; t += kConvStep)
+      conv_rows_step<T, W, kConvStep>(r + t, wT, bias, silu, D, c0, c1, y + t * y_stride, y_stride);
+    for (; t < nt; ++t)
+      conv_rows_step<T, W, 1>(r + t, wT, bias, silu, D, c0, c1, y + t * y_stride, y_stride);
+  }
+  return Dv;
+}
 #endif
 
-// One work item: tokens [ta, tb) of sequence q, all channels.
+// One work item: tokens [ta, tb) of sequence q, all channels. With wT (transposed weights
+// [W + 1, D], last row zeros) the row-streaming prefill tile, else the decode tile.
 template <class T>
 void conv_item(const ConvArgs& a, const Seq& q, int64_t ta, int64_t tb,
-               const TensorView<const T>& x, const TensorView<const T>& w, const T* bias,
-               const TensorView<const T>& state_in, const TensorView<T>& y, bool silu) {
+               const TensorView<const T>& x, const TensorView<const T>& w, const T* wT,
+               const T* bias, const TensorView<const T>& state_in, const TensorView<T>& y,
+               bool silu) {
   const int64_t W1 = a.W - 1, nt = tb - ta;
   // rows[k] = xx[ta + k]: the state (or zeros) below W-1, the input above.
   const T* rows[kConvTimeBlock + kConvMaxW];
@@ -110,17 +167,34 @@ void conv_item(const ConvArgs& a, const Seq& q, int64_t ta, int64_t tb,
   const int64_t ys = y.stride(1);
   int64_t d = 0;
 #if EFFATTN_HAS_SIMD
-  switch (a.W) {
-    case 1: d = conv_tile_simd<T, 1>(r, nt, w, bias, silu, a.D, y0, ys); break;
-    case 2: d = conv_tile_simd<T, 2>(r, nt, w, bias, silu, a.D, y0, ys); break;
-    case 3: d = conv_tile_simd<T, 3>(r, nt, w, bias, silu, a.D, y0, ys); break;
-    case 4: d = conv_tile_simd<T, 4>(r, nt, w, bias, silu, a.D, y0, ys); break;
-    case 5: d = conv_tile_simd<T, 5>(r, nt, w, bias, silu, a.D, y0, ys); break;
-    case 6: d = conv_tile_simd<T, 6>(r, nt, w, bias, silu, a.D, y0, ys); break;
-    case 7: d = conv_tile_simd<T, 7>(r, nt, w, bias, silu, a.D, y0, ys); break;
-    case 8: d = conv_tile_simd<T, 8>(r, nt, w, bias, silu, a.D, y0, ys); break;
-    default: break;
+  if (wT) {
+    const T* zeros = wT + a.W * a.D;
+    switch (a.W) {
+#define EFFATTN_CONV_CASE(n)                                             \
+  case n:                                                                \
+    d = conv_tile_rows<T, n>(r, nt, wT, zeros, bias, silu, a.D, y0, ys); \
+    break;
+      EFFATTN_CONV_CASE(1)
+      EFFATTN_CONV_CASE(2) EFFATTN_CONV_CASE(3) EFFATTN_CONV_CASE(4) EFFATTN_CONV_CASE(5)
+          EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7) EFFATTN_CONV_CASE(8)
+#undef EFFATTN_CONV_CASE
+              default : break;
+    }
+  } else {
+    switch (a.W) {
+#define EFFATTN_CONV_CASE(n)                                       \
+  case n:                                                          \
+    d = conv_tile_window<T, n>(r, nt, w, bias, silu, a.D, y0, ys); \
+    break;
+      EFFATTN_CONV_CASE(1)
+      EFFATTN_CONV_CASE(2) EFFATTN_CONV_CASE(3) EFFATTN_CONV_CASE(4) EFFATTN_CONV_CASE(5)
+          EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7) EFFATTN_CONV_CASE(8)
+#undef EFFATTN_CONV_CASE
+              default : break;
+    }
   }
+#else
+  (void)wT;
 #endif
   conv_tile_scalar(r, nt, a.W, w, bias, silu, d, a.D, y0, ys);
 }
@@ -136,10 +210,21 @@ void causal_conv1d_impl(const char* op, const TensorView<const T>& x,
   // Small calls (decode) stay on the calling thread: waking another costs more than the work.
   const int64_t work = a.batch * a.T * a.D * a.W;
   const int threads = work < (int64_t(1) << 16) ? 1 : get_num_threads(p.num_threads);
+  // Prefill (a sequence of more than kConvRowsMinLen tokens) streams rows with the weights
+  // transposed once per call; decode transposes a register's weights on the fly.
+  int64_t max_len = 0;
+  for (const Seq& q : a.seqs) max_len = std::max(max_len, q.len);
+  Tensor<T> wT;
+  if (EFFATTN_HAS_SIMD && max_len > kConvRowsMinLen && a.W <= kConvMaxW) {
+    wT = Tensor<T>({a.W + 1, a.D});  // [W, D] weights, then a row of zeros
+    for (int64_t d = 0; d < a.D; ++d)
+      for (int64_t i = 0; i < a.W; ++i) wT(i, d) = weight(d, i);
+  }
+  const T* wTp = wT.empty() ? nullptr : wT.data();
   if (threads == 1) {
     for (const Seq& q : a.seqs)
       for (int64_t ta = 0; ta < q.len; ta += kConvTimeBlock)
-        conv_item(a, q, ta, std::min(q.len, ta + kConvTimeBlock), x, weight, b, state_in, y,
+        conv_item(a, q, ta, std::min(q.len, ta + kConvTimeBlock), x, weight, wTp, b, state_in, y,
                   silu);
   } else {
     struct Item {
@@ -148,12 +233,13 @@ void causal_conv1d_impl(const char* op, const TensorView<const T>& x,
     std::vector<Item> items;
     for (std::size_t s = 0; s < a.seqs.size(); ++s)
       for (int64_t ta = 0; ta < a.seqs[s].len; ta += kConvTimeBlock)
-        items.push_back({static_cast<int64_t>(s), ta, std::min(a.seqs[s].len, ta + kConvTimeBlock)});
+        items.push_back(
+            {static_cast<int64_t>(s), ta, std::min(a.seqs[s].len, ta + kConvTimeBlock)});
     parallel_for(
         0, static_cast<int64_t>(items.size()),
         [&](int64_t i) {
           const Item& it = items[static_cast<std::size_t>(i)];
-          conv_item(a, a.seqs[static_cast<std::size_t>(it.seq)], it.ta, it.tb, x, weight, b,
+          conv_item(a, a.seqs[static_cast<std::size_t>(it.seq)], it.ta, it.tb, x, weight, wTp, b,
                     state_in, y, silu);
         },
         threads);
@@ -171,8 +257,8 @@ template <class T>
 void causal_conv1d(TensorView<const T> x, TensorView<const T> weight, TensorView<const T> bias,
                    TensorView<const T> initial_state, TensorView<T> y,
                    TensorView<T> final_state = {}, const CausalConv1dParams& p = {}) {
-  detail::ssm::causal_conv1d_impl("causal_conv1d", x, weight, bias, initial_state, y,
-                                  final_state, p);
+  detail::ssm::causal_conv1d_impl("causal_conv1d", x, weight, bias, initial_state, y, final_state,
+                                  p);
 }
 
 // Decode: the T tokens of x [B,T,D] (typically 1) continue from conv_state [B,W-1,D], which is

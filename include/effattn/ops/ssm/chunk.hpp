@@ -7,14 +7,16 @@
 // B_t[n] and C_t[n] are the same for all channels of a B/C group: a broadcast. No horizontal
 // sums and one vector exp per (token, state, L channels): the exp is the cost of the op.
 //
-// Stages, for one run of channel blocks of one sequence, per block of kTimeBlock tokens:
-//   1. per channel block: dt = softplus(delta + delta_bias), dtu = dt * u, y = D * u   (scratch
-//      [kTimeBlock, L]); lanes past the last channel of a group are padded with zeros
-//   2. for every group of NC states: load h, run the tokens, accumulate y, store h
+// Stages, for one run of consecutive channel blocks of one sequence, per block of kTimeBlock
+// tokens (scratch [run, kTimeBlock, L] per quantity):
+//   1. dt = softplus(delta + delta_bias), dtu = dt * u, y = D * u; lanes past the last channel
+//      of a group are padded with zeros (dt A = 0 and dt u = 0 there: the padded state stays 0)
+//   2. per block, per group of NC states: load h, run the tokens, accumulate y, store h
 //   3. y *= silu(z), store the valid lanes
-// A thread takes a contiguous range of (sequence, group, channel block) items and walks time in
-// the outer loop, so each token block reads a row segment of every [T, D] input once.
-// Channel blocks never straddle a B/C group (a group's channel count is rounded up to L).
+// Stages 1 and 3 sweep each token's row across the whole run, so the [T, D] inputs stream
+// through memory in order. A thread takes a contiguous range of (sequence, group, channel
+// block) items; channel blocks never straddle a B/C group (a group's channels are rounded up
+// to whole registers). No allocation per token: one scratch buffer per thread and call.
 #pragma once
 
 #include <algorithm>
@@ -94,8 +96,11 @@ template <class T>
 inline constexpr int kStateGroup = 4;
 #endif
 
-inline constexpr int64_t kTimeBlock = 64;  // tokens per pass: scratch 3 x 64 x L stays in L1
-inline constexpr int64_t kMaxRun = 64;     // channel blocks a thread walks through time at once
+// A thread walks a run of up to kMaxRun channel blocks (1536 channels for float with AVX-512)
+// through time, kTimeBlock tokens at a time: long row segments stream well from memory, and
+// the scratch, 3 x kMaxRun x kTimeBlock x L, stays in L2 (288 KiB for float with AVX-512).
+inline constexpr int64_t kTimeBlock = 16;
+inline constexpr int64_t kMaxRun = 96;
 
 // NC states of one channel block over tb tokens. Layouts (L lanes = L channels):
 //   At, hs [NC, L] (A[d, n] and h[d, n] for the NC states); dt, dtu, y [tb, L];
@@ -176,8 +181,10 @@ struct ChannelBlock {
   int64_t d0, nl, g;
 };
 
-// Runs the tokens of sequence q for a run of channel blocks (all of q), stages 1-3 above.
-// scratch: [kTimeBlock, L] x 3 for dt, dtu, y; hs [nblk, N, L] and At [nblk, N, L].
+// Runs the tokens of sequence q for a run of consecutive channel blocks, stages 1-3 above.
+// Stages 1 and 3 sweep each token's row across the whole run (a walk down one block's column
+// would start a new page every token: no prefetch, latency-bound).
+// scratch: dt, dtu, ys [kMaxRun, kTimeBlock, L]; hs, At [kMaxRun, N, L]; cst [kMaxRun, 2, L].
 template <class T>
 void scan_run(const ScanArgs<T>& a, const Seq& q, const ChannelBlock* blk, int64_t nblk,
               const TensorView<const T>& u, const TensorView<const T>& delta,
@@ -185,15 +192,15 @@ void scan_run(const ScanArgs<T>& a, const Seq& q, const ChannelBlock* blk, int64
               const TensorView<const T>& z, const TensorView<const T>& delta_bias,
               const TensorView<const T>& state_in, const TensorView<T>& y,
               const TensorView<T>& state_out, bool softplus, T* scratch) {
-  constexpr int64_t L = simd::kLanes<T>;
+  constexpr int64_t L = simd::kLanes<T>, TL = kTimeBlock * L;
   using V = CVec<T>;
   const int64_t N = a.N, NL = N * L;
-  T* dt = scratch;                   // [kTimeBlock, L]
-  T* dtu = dt + kTimeBlock * L;      // [kTimeBlock, L]
-  T* ys = dtu + kTimeBlock * L;      // [kTimeBlock, L]
-  T* hs = ys + kTimeBlock * L;       // [nblk, N, L]  state, lane l = channel d0 + l
-  T* At = hs + kMaxRun * NL;         // [nblk, N, L]  A transposed, padded lanes 0
-  T* cst = At + kMaxRun * NL;        // [nblk, 2, L]  delta_bias and D, padded lanes 0
+  T* dt = scratch;             // [nblk, kTimeBlock, L]  dt
+  T* dtu = dt + kMaxRun * TL;  // [nblk, kTimeBlock, L]  dt * u
+  T* ys = dtu + kMaxRun * TL;  // [nblk, kTimeBlock, L]  y accumulator
+  T* hs = ys + kMaxRun * TL;   // [nblk, N, L]  state, lane l = channel d0 + l
+  T* At = hs + kMaxRun * NL;   // [nblk, N, L]  A transposed, padded lanes 0
+  T* cst = At + kMaxRun * NL;  // [nblk, 2, L]  delta_bias and D, padded lanes 0
   for (int64_t j = 0; j < nblk; ++j) {
     const ChannelBlock& cb = blk[j];
     for (int64_t n = 0; n < N; ++n) {
@@ -212,52 +219,57 @@ void scan_run(const ScanArgs<T>& a, const Seq& q, const ChannelBlock* blk, int64
   const int64_t bc_stride = a.B4.stride(1);
   for (int64_t tb0 = 0; tb0 < q.len; tb0 += kTimeBlock) {
     const int64_t tb = std::min(kTimeBlock, q.len - tb0), t_abs = q.t0 + tb0;
-    for (int64_t j = 0; j < nblk; ++j) {
-      const ChannelBlock& cb = blk[j];
-      const T* bias = cst + j * 2 * L;
-      const T* dskip = bias + L;
-      // Stage 1: dt = softplus(delta + bias), dtu = dt u, y = D u.
-      for (int64_t t = 0; t < tb; ++t) {
-        const T* drow = delta.ptr(q.b, t_abs + t, cb.d0);
-        const T* urow = u.ptr(q.b, t_abs + t, cb.d0);
+    // Stage 1: dt = softplus(delta + bias), dtu = dt u, y = D u.
+    for (int64_t t = 0; t < tb; ++t) {
+      const T* drow = delta.ptr(q.b, t_abs + t);
+      const T* urow = u.ptr(q.b, t_abs + t);
+      for (int64_t j = 0; j < nblk; ++j) {
+        const ChannelBlock& cb = blk[j];
+        const T* bias = cst + j * 2 * L;
+        const T* dskip = bias + L;
+        const int64_t o = j * TL + t * L;
         if (cb.nl == L) {
-          V x = cv_load(drow) + cv_load(bias);
+          V x = cv_load(drow + cb.d0) + cv_load(bias);
           if (softplus) x = cv_softplus<T>(x);
-          const V uv = cv_load(urow);
-          cv_store(dt + t * L, x);
-          cv_store(dtu + t * L, x * uv);
-          cv_store(ys + t * L, cv_load(dskip) * uv);
+          const V uv = cv_load(urow + cb.d0);
+          cv_store(dt + o, x);
+          cv_store(dtu + o, x * uv);
+          cv_store(ys + o, cv_load(dskip) * uv);
         } else {
           for (int64_t l = 0; l < L; ++l) {
             T x = 0, uv = 0;
             if (l < cb.nl) {
-              x = drow[l] + bias[l];
+              x = drow[cb.d0 + l] + bias[l];
               if (softplus) x = simd::softplus_scalar(x);
-              uv = urow[l];
+              uv = urow[cb.d0 + l];
             }
-            dt[t * L + l] = x;
-            dtu[t * L + l] = x * uv;
-            ys[t * L + l] = dskip[l] * uv;
+            dt[o + l] = x;
+            dtu[o + l] = x * uv;
+            ys[o + l] = dskip[l] * uv;
           }
         }
       }
-      // Stage 2: the recurrence, NC states at a time.
-      scan_all_states(N, tb, dt, dtu, a.B4.ptr(q.b, t_abs, cb.g), a.C4.ptr(q.b, t_abs, cb.g),
-                      bc_stride, At + j * NL, hs + j * NL, ys);
-      // Stage 3: gate and store.
-      for (int64_t t = 0; t < tb; ++t) {
-        T* yrow = y.ptr(q.b, t_abs + t, cb.d0);
-        const T* zrow = z.empty() ? nullptr : z.ptr(q.b, t_abs + t, cb.d0);
+    }
+    // Stage 2: the recurrence, per block, NC states at a time.
+    for (int64_t j = 0; j < nblk; ++j) {
+      const ChannelBlock& cb = blk[j];
+      scan_all_states(N, tb, dt + j * TL, dtu + j * TL, a.B4.ptr(q.b, t_abs, cb.g),
+                      a.C4.ptr(q.b, t_abs, cb.g), bc_stride, At + j * NL, hs + j * NL, ys + j * TL);
+    }
+    // Stage 3: gate and store.
+    for (int64_t t = 0; t < tb; ++t) {
+      T* yrow = y.ptr(q.b, t_abs + t);
+      const T* zrow = z.empty() ? nullptr : z.ptr(q.b, t_abs + t);
+      for (int64_t j = 0; j < nblk; ++j) {
+        const ChannelBlock& cb = blk[j];
+        const T* yv = ys + j * TL + t * L;
         if (cb.nl == L) {
-          V yv = cv_load(ys + t * L);
-          if (zrow) yv = yv * cv_silu<T>(cv_load(zrow));
-          cv_store(yrow, yv);
+          V v = cv_load(yv);
+          if (zrow) v = v * cv_silu<T>(cv_load(zrow + cb.d0));
+          cv_store(yrow + cb.d0, v);
         } else {
-          for (int64_t l = 0; l < cb.nl; ++l) {
-            T yv = ys[t * L + l];
-            if (zrow) yv *= simd::silu_scalar(zrow[l]);
-            yrow[l] = yv;
-          }
+          for (int64_t l = 0; l < cb.nl; ++l)
+            yrow[cb.d0 + l] = zrow ? yv[l] * simd::silu_scalar(zrow[cb.d0 + l]) : yv[l];
         }
       }
     }
@@ -300,7 +312,7 @@ void selective_scan_chunk(TensorView<const T> u, TensorView<const T> delta, Tens
       0, items,
       [&](int64_t lo, int64_t hi) {
         const int64_t NL = a.N * L;
-        Tensor<T> scratch({3 * kTimeBlock * L + 2 * kMaxRun * NL + 2 * kMaxRun * L});
+        Tensor<T> scratch({3 * kMaxRun * kTimeBlock * L + 2 * kMaxRun * NL + 2 * kMaxRun * L});
         ChannelBlock blk[kMaxRun];
         // Runs of at most kMaxRun blocks of one sequence walk through time together.
         for (int64_t i = lo; i < hi;) {

@@ -34,7 +34,7 @@ struct SelectiveScanParams {
   // dt = softplus(delta + delta_bias) when true, delta + delta_bias otherwise. Mamba layers
   // always pass true (mamba's selective_scan_fn defaults to false: set it when porting a call).
   bool delta_softplus = true;
-  int num_threads = 0;               // 0 = the global default (set_num_threads)
+  int num_threads = 0;              // 0 = the global default (set_num_threads)
   std::vector<int64_t> cu_seqlens;  // empty = not varlen; else S+1 offsets into T, B must be 1
 };
 
@@ -75,10 +75,10 @@ inline std::vector<Seq> make_sequences(const char* op, int64_t batch, int64_t T,
 
 // Validated sizes of a selective-scan call. B/C are handed on as [B,T,G,N] views (a [B,T,N]
 // input becomes G = 1 with a zero group stride).
-template <class T>
+template <class Scalar>
 struct ScanArgs {
   int64_t batch = 0, T = 0, D = 0, N = 0, G = 1, S = 0;
-  TensorView<const T> B4, C4;
+  TensorView<const Scalar> B4, C4;
   std::vector<Seq> seqs;
 };
 
@@ -127,8 +127,7 @@ ScanArgs<T> check_selective_scan(const char* op, const TensorView<const T>& u,
     check_shape(op, "C", C, {a.batch, a.T, a.G, a.N}, "[B, T, G, N]");
   }
   const char* names[] = {"u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"};
-  const TensorView<const T>* views[] = {&u, &delta, &A, &B, &C, &Dskip, &z, &delta_bias,
-                                        &state_in};
+  const TensorView<const T>* views[] = {&u, &delta, &A, &B, &C, &Dskip, &z, &delta_bias, &state_in};
   for (int i = 0; i < 9; ++i) check_inner_contiguous(op, names[i], *views[i]);
   check_inner_contiguous(op, "y", y);
   check_inner_contiguous(op, "final_state", state_out);
@@ -230,7 +229,8 @@ void selective_scan_naive(TensorView<const T> u, TensorView<const T> delta, Tens
   for (const Seq& q : a.seqs) {
     for (int64_t d = 0; d < a.D; ++d) {
       const int64_t g = d / dpg;
-      for (int64_t n = 0; n < a.N; ++n) h[n] = initial_state.empty() ? T(0) : initial_state(q.s, d, n);
+      for (int64_t n = 0; n < a.N; ++n)
+        h[n] = initial_state.empty() ? T(0) : initial_state(q.s, d, n);
       for (int64_t t = q.t0; t < q.t0 + q.len; ++t) {
         T dt = delta(q.b, t, d) + (delta_bias.empty() ? T(0) : delta_bias(d));
         if (p.delta_softplus) dt = softplus_ref(dt);

@@ -19,8 +19,12 @@ namespace effattn {
 
 namespace detail::ssm {
 
-// Runs tokens [q.t0, q.t0 + q.len) of channels [d_lo, d_hi) of one sequence, on the state rows
-// h(d) = state + (d - d_lo) * state_stride (already holding the initial state), writing y.
+inline constexpr int64_t kRecurrentBlock = 16;  // channels per work item
+
+// Runs tokens [q.t0, q.t0 + q.len) of channels [d_lo, d_hi) (at most kRecurrentBlock) of one
+// sequence, on the state rows h(d) = state + (d - d_lo) * state_stride (already holding the
+// initial state), writing y. The per-channel scalars (softplus, D skip, silu gate) are
+// computed for the whole block with the array kernels; the state update runs along N.
 template <class T>
 void scan_channels_recurrent(const ScanArgs<T>& a, const Seq& q, int64_t d_lo, int64_t d_hi,
                              const TensorView<const T>& u, const TensorView<const T>& delta,
@@ -28,25 +32,33 @@ void scan_channels_recurrent(const ScanArgs<T>& a, const Seq& q, int64_t d_lo, i
                              const TensorView<const T>& z, const TensorView<const T>& delta_bias,
                              bool softplus, T* state, int64_t state_stride,
                              const TensorView<T>& y) {
-  const int64_t N = a.N, dpg = a.D / a.G;
-  for (int64_t d = d_lo; d < d_hi; ++d) {
-    const int64_t g = d / dpg;
-    T* h = state + (d - d_lo) * state_stride;  // [N]
-    const T* Ad = A.ptr(d);           // [N]
-    const T bias = delta_bias.empty() ? T(0) : delta_bias(d);
-    for (int64_t t = q.t0; t < q.t0 + q.len; ++t) {
-      T dt = delta(q.b, t, d) + bias;
-      if (softplus) dt = simd::softplus_scalar(dt);
-      const T ut = u(q.b, t, d), dtu = dt * ut;
-      const T* Bt = a.B4.ptr(q.b, t, g);  // [N]
-      const T* Ct = a.C4.ptr(q.b, t, g);  // [N]
-      T acc = 0;
+  const int64_t N = a.N, dpg = a.D / a.G, nb = d_hi - d_lo;
+  T dt[kRecurrentBlock], acc[kRecurrentBlock], gate[kRecurrentBlock];
+  const T* bias = delta_bias.empty() ? nullptr : delta_bias.ptr(d_lo);  // [nb]
+  const T* dskip = Dskip.empty() ? nullptr : Dskip.ptr(d_lo);           // [nb]
+  const T* A0 = A.ptr(d_lo);                                            // [nb, N]
+  const int64_t a_stride = A.stride(0), g_stride = a.B4.stride(2);
+  for (int64_t t = q.t0; t < q.t0 + q.len; ++t) {
+    const T* drow = delta.ptr(q.b, t, d_lo);  // [nb]
+    const T* urow = u.ptr(q.b, t, d_lo);      // [nb]
+    const T* B0 = a.B4.ptr(q.b, t);           // [G, N]
+    const T* C0 = a.C4.ptr(q.b, t);           // [G, N]
+    for (int64_t j = 0; j < nb; ++j) dt[j] = drow[j] + (bias ? bias[j] : T(0));
+    if (softplus) simd::softplus(dt, dt, nb);  // dt = softplus(delta + delta_bias)
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t g = (d_lo + j) / dpg;
+      T* h = state + j * state_stride;  // [N]
+      const T* Ad = A0 + j * a_stride;  // [N]
+      const T* Bt = B0 + g * g_stride;  // [N]
+      const T* Ct = C0 + g * g_stride;  // [N]
+      const T dtj = dt[j], dtu = dtj * urow[j];
+      T sum = 0;
       int64_t n = 0;
 #if EFFATTN_HAS_SIMD
       constexpr int64_t L = simd::kLanes<T>;
       if (N >= L) {
         using V = simd::Vec<T>;
-        const V vdt(dt), vdtu(dtu);
+        const V vdt(dtj), vdtu(dtu);
         V vacc(T(0));
         for (; n + L <= N; n += L) {
           // h[n] = exp(dt A[d,n]) h[n] + dt u B[n];  y += h[n] C[n]
@@ -55,24 +67,29 @@ void scan_channels_recurrent(const ScanArgs<T>& a, const Seq& q, int64_t d_lo, i
           simd::store(h + n, hn);
           vacc = xsimd::fma(hn, simd::load(Ct + n), vacc);
         }
-        acc = simd::hsum(vacc);
+        sum = simd::hsum(vacc);
       }
 #endif
       for (; n < N; ++n) {
-        h[n] = simd::exp_scalar(dt * Ad[n]) * h[n] + dtu * Bt[n];
-        acc += h[n] * Ct[n];
+        h[n] = simd::exp_scalar(dtj * Ad[n]) * h[n] + dtu * Bt[n];
+        sum += h[n] * Ct[n];
       }
-      if (!Dskip.empty()) acc += Dskip(d) * ut;
-      if (!z.empty()) acc *= simd::silu_scalar(z(q.b, t, d));
-      y(q.b, t, d) = acc;
+      acc[j] = sum + (dskip ? dskip[j] * urow[j] : T(0));
+    }
+    T* yrow = y.ptr(q.b, t, d_lo);
+    if (!z.empty()) {
+      simd::silu(z.ptr(q.b, t, d_lo), gate, nb);  // y *= silu(z)
+      for (int64_t j = 0; j < nb; ++j) yrow[j] = acc[j] * gate[j];
+    } else {
+      for (int64_t j = 0; j < nb; ++j) yrow[j] = acc[j];
     }
   }
 }
 
-// Threads for a call of `work` state updates: waking a second thread costs a few microseconds,
-// about 2^15 state updates.
+// Threads for a call of `work` state updates: waking a second thread costs a few microseconds
+// (more on a busy machine), about 2^17 state updates.
 inline int recurrent_threads(int requested, int64_t work) {
-  return work < (int64_t(1) << 15) ? 1 : get_num_threads(requested);
+  return work < (int64_t(1) << 17) ? 1 : get_num_threads(requested);
 }
 
 }  // namespace detail::ssm
@@ -90,8 +107,8 @@ void selective_scan_recurrent(TensorView<const T> u, TensorView<const T> delta,
   const ScanArgs<T> a = check_selective_scan("selective_scan_recurrent", u, delta, A, B, C, D, z,
                                              delta_bias, initial_state, y, final_state, p);
   const int threads = recurrent_threads(p.num_threads, a.T * a.batch * a.D * a.N);
-  // Work items: (sequence, block of 16 channels).
-  const int64_t kBlock = 16, nblk = (a.D + kBlock - 1) / kBlock;
+  // Work items: (sequence, block of kRecurrentBlock channels).
+  const int64_t kBlock = kRecurrentBlock, nblk = (a.D + kBlock - 1) / kBlock;
   parallel_for_range(
       0, a.S * nblk,
       [&](int64_t lo, int64_t hi) {
@@ -118,8 +135,8 @@ void selective_scan_recurrent(TensorView<const T> u, TensorView<const T> delta,
               if (h0 != h) std::copy(h0, h0 + a.N, h);
             }
           }
-          scan_channels_recurrent(a, q, d_lo, d_hi, u, delta, A, D, z, delta_bias,
-                                  p.delta_softplus, base, stride, y);
+          scan_channels_recurrent(a, q, d_lo, d_hi, u, delta, A, D, z, delta_bias, p.delta_softplus,
+                                  base, stride, y);
         }
       },
       threads);
@@ -130,8 +147,8 @@ void selective_scan_recurrent(TensorView<const T> u, TensorView<const T> delta,
 template <class T>
 void selective_scan_step(TensorView<const T> u, TensorView<const T> delta, TensorView<const T> A,
                          TensorView<const T> B, TensorView<const T> C, TensorView<const T> D,
-                         TensorView<const T> z, TensorView<const T> delta_bias,
-                         TensorView<T> state, TensorView<T> y, const SelectiveScanParams& p = {}) {
+                         TensorView<const T> z, TensorView<const T> delta_bias, TensorView<T> state,
+                         TensorView<T> y, const SelectiveScanParams& p = {}) {
   check(!state.empty(), "selective_scan_step: state is required ([B, D, N], updated in place)");
   selective_scan_recurrent<T>(u, delta, A, B, C, D, z, delta_bias, state, y, state, p);
 }

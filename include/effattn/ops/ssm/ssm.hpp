@@ -43,11 +43,10 @@ void selective_scan(TensorView<const T> u, TensorView<const T> delta, TensorView
       max_len = std::max(max_len, p.cu_seqlens[i + 1] - p.cu_seqlens[i]);
   }
   if (max_len <= kSelectiveScanRecurrentMaxLen) {
-    selective_scan_recurrent<T>(u, delta, A, B, C, D, z, delta_bias, initial_state, y,
-                                final_state, p);
+    selective_scan_recurrent<T>(u, delta, A, B, C, D, z, delta_bias, initial_state, y, final_state,
+                                p);
   } else {
-    selective_scan_chunk<T>(u, delta, A, B, C, D, z, delta_bias, initial_state, y, final_state,
-                            p);
+    selective_scan_chunk<T>(u, delta, A, B, C, D, z, delta_bias, initial_state, y, final_state, p);
   }
 }
 
