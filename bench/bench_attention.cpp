@@ -7,9 +7,12 @@
 //   prefill_full     the same kernel, non-causal (every tile unmasked).
 //   sliding_window   the prefill kernel with window_left = W-1, causal: hidden tiles are skipped,
 //                    so the time per token is flat in T. GFLOP/s counts the visible pairs.
+//   prefill_long     the prefill kernel at T = 65536 (Hq = Hkv = 1, K = 64): no T^2 buffer.
 //   decode           attention() with Tq = 1 -> split-K decode path (attention_decode_run),
 //                    Hq=32, Hkv=8, K=V=128, float or bf16 keys/values. GB/s counts the K and V
 //                    bytes read once.
+#include <sys/resource.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -37,6 +40,28 @@ void prefill(benchmark::State& state) {
   }
   const double pairs = causal ? 0.5 * double(T) * double(T) : double(T) * double(T);
   bench::set_rates(state, 4.0 * pairs * D * Hq);
+}
+
+// Args: {T, threads}. One long causal prefill, Hq = Hkv = 1, K = V = 64: the kernel holds one
+// score tile per thread and O(T K) packed keys / values, never a [T, T] matrix (a float T^2
+// at T = 65536 would be 16 GiB); the peak resident set size is reported as "maxrss_MiB".
+void prefill_long(benchmark::State& state) {
+  const int64_t T = state.range(0), D = 64;
+  bench::use_threads(static_cast<int>(state.range(1)));
+  const Tensor<float> q = bench::random_tensor<float>({1, T, 1, D}, 1);
+  const Tensor<float> k = bench::random_tensor<float>({1, T, 1, D}, 2);
+  const Tensor<float> v = bench::random_tensor<float>({1, T, 1, D}, 3);
+  Tensor<float> o({1, T, 1, D});
+  AttentionParams p;
+  p.causal = true;
+  for (auto _ : state) {
+    attention<float>(q, k, v, o, p);
+    benchmark::DoNotOptimize(o.data());
+  }
+  bench::set_rates(state, 4.0 * 0.5 * double(T) * double(T) * D);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  state.counters["maxrss_MiB"] = double(ru.ru_maxrss) / 1024.0;
 }
 
 // Args: {T, W, threads}
@@ -97,6 +122,12 @@ BENCHMARK(prefill)
 BENCHMARK(sliding_window)
     ->ArgNames({"T", "W", "threads"})
     ->ArgsProduct({{4096, 32768}, {1024}, {1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(prefill_long)
+    ->ArgNames({"T", "threads"})
+    ->Args({65536, 2})
+    ->Iterations(1)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(decode<float>)

@@ -238,6 +238,16 @@ TEST(CausalConv1d, StridedViews) {
   expect_close(Tensor<double>::from(TensorView<const double>(s.view())), ref.s, 0, "state");
 }
 
+// T = 0: nothing to write, final state = initial state.
+TEST(CausalConv1d, EmptySequenceKeepsState) {
+  Config c;
+  c.B = 2, c.T = 0, c.D = 24, c.W = 4;
+  const Inputs<double> in(c, 19);
+  const Tensor<double> s0 = Tensor<double>::from(TensorView<const double>(in.s0.view()));
+  EXPECT_EQ(max_abs_diff(run_fast(c, in).s, s0), 0.0);
+  EXPECT_EQ(max_abs_diff(run_update(c, in).s, s0), 0.0);
+}
+
 TEST(CausalConv1d, BadArgumentsRaise) {
   Config c;
   c.B = 2, c.T = 10, c.D = 8, c.W = 4;

@@ -392,6 +392,15 @@ TEST(MoeFfn, MatchesPerTokenLoopDouble) {
   expect_ffn_matches_naive<double, double>(2, 2, 2, 270, 9, 7, p, 1e-12, 78);
 }
 
+TEST(MoeFfn, StreamingSumsChunkPartials) {
+  // Weights above 1 MB: the decode kernel splits each matrix into chunks of rows whose partial
+  // products are summed afterwards (3 chunks per float matrix here, 2 per bf16 one).
+  moe::MoeFfnParams p;
+  expect_ffn_matches_naive<float, float>(1, 4, 2, 520, 1100, 0, p, 2e-5, 81);
+  expect_ffn_matches_naive<float, bf16>(3, 4, 1, 520, 1100, 520, p, 2e-5, 82);
+  expect_ffn_matches_naive<double, double>(2, 3, 2, 300, 500, 0, p, 1e-12, 83);
+}
+
 TEST(MoeFfn, MatchesPerTokenLoopFloatAndBf16) {
   uint64_t seed = 500;
   for (int64_t skinny : {0, 8}) {

@@ -353,6 +353,19 @@ TEST(SelectiveScan, StridedViewsAndInPlaceState) {
   }
 }
 
+// T = 0 (and an empty varlen sequence above): nothing to write, final state = initial state.
+TEST(SelectiveScan, EmptySequenceKeepsState) {
+  Config c;
+  c.B = 2, c.T = 0, c.D = 24, c.N = 16, c.init = true;
+  const Inputs<double> in(c, 111);
+  for (Form f : {Form::kNaive, Form::kChunk, Form::kRecurrent, Form::kFront}) {
+    const Outputs got = run_config(f, c, in);
+    EXPECT_EQ(max_abs_diff(got.h, Tensor<double>::from(TensorView<const double>(in.h0.view()))),
+              0.0)
+        << form_name(f);
+  }
+}
+
 TEST(SelectiveScan, BadArgumentsRaise) {
   Config c;
   c.B = 2, c.T = 10, c.D = 8, c.N = 4, c.init = true;

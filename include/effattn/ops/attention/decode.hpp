@@ -157,6 +157,10 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
       }
     }
   };
+  auto prefetch_head = [&](int64_t j, int64_t hk) {
+    prefetch_bytes(P.k.ptr(sg.bk, sg.k0 + j) + hk * khs_in, kbytes);
+    prefetch_bytes(P.v.ptr(sg.bk, sg.k0 + j) + hk * vhs_in, vbytes);
+  };
   for (int64_t jp = j_begin; jp < std::min(j_begin + 8, j_end); ++jp) prefetch_key(jp);
   const int64_t kstep = kConvert ? Hkv * K : P.k.stride(1);
   const int64_t vstep = kConvert ? Hkv * V : P.v.stride(1);
@@ -187,9 +191,10 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
     constexpr int64_t kAhead = 8;
     for (int64_t jb = 0; jb < bk; jb += kStep) {
       const int64_t nb = std::min(kStep, bk - jb);
-      for (int64_t jp = j0 + jb + kAhead; jp < std::min(j0 + jb + kAhead + nb, j_end); ++jp)
-        prefetch_key(jp);
+      const int64_t jp0 = j0 + jb + kAhead, jp1 = std::min(jp0 + nb, j_end);
       for (int64_t hk = 0; hk < Hkv; ++hk) {
+        // spread over the heads, so the misses in flight stay steady
+        for (int64_t jp = jp0; jp < jp1; ++jp) prefetch_head(jp, hk);
         auto krow = [&](int64_t j) { return kbase + (jb + j) * kstep + hk * khs; };
         T* Sb = St + jb * Rp;
         int64_t r = hk * RG;

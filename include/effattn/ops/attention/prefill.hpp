@@ -159,7 +159,7 @@ template <class T>
 inline void tile_gemm(int64_t rows, int64_t nvec, int64_t kd, const T* A, int64_t ars, int64_t aks,
                       const T* B, int64_t ldb, T* C, int64_t ldc, bool acc, const T* cs) {
   constexpr int64_t L = kL<T>;
-  constexpr int kR = 4, kCV = 4;
+    constexpr int kR = 4, kCV = 4;  // 16 accumulators + 4 B vectors (6 x 4 measured slower)
   for (int64_t c0 = 0; c0 < nvec; c0 += kCV) {
     const int64_t cv = std::min<int64_t>(kCV, nvec - c0);
     const T* Bc = B + c0 * L;

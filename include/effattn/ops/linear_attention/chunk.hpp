@@ -103,7 +103,8 @@ bool intra_channel(int64_t n, int64_t Kf, const T* Q, const T* K, const T* G, T*
                    T* Qe, T* Kr) {
   T span = T(0);  // -min_k G_last[k]: the chunk's largest total log-decay
   for (int64_t k = 0; k < Kf; ++k) span = std::max(span, -G[(n - 1) * Kf + k]);
-  const int64_t bs = span <= kSpanLimit<T> ? n : std::min(kSubBlock, n);
+  const bool one_block = span <= kSpanLimit<T>;
+  const int64_t bs = one_block ? n : std::min(kSubBlock, n);
   for (int64_t i0 = 0; i0 < n; i0 += bs) {
     const int64_t i1 = std::min(i0 + bs, n), ni = i1 - i0;
     const T* R = i0 == 0 ? nullptr : G + (i0 - 1) * Kf;  // reference gate row (null = 0)
@@ -128,7 +129,7 @@ bool intra_channel(int64_t n, int64_t Kf, const T* Q, const T* K, const T* G, T*
       for (int64_t i = i0; i < i1; ++i) mul_exp_diff<T>(Q + i * Kf, G + i * Kf, nullptr, Qe + i * Kf, Kf);
     }
   }
-  return bs == n;
+  return one_block;
 }
 
 // One (sequence, head), causal or not.

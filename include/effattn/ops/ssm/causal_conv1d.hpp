@@ -61,7 +61,8 @@ int64_t conv_tile_window(const T* const* rows, int64_t nt, const TensorView<cons
   const V zero(T(0));
   int64_t d0 = 0;
   for (; d0 + L <= D; d0 += L) {
-    // weight[d0 : d0+L, :] is L rows of W: transpose it into W registers of L channels.
+    // weight[d0 : d0+L, :] is L rows of W: transpose it into W registers of L channels (as
+    // fast as a gather here; this, not the arithmetic, is the cost of a decode token).
     alignas(64) T wt[W * L];
     for (int64_t l = 0; l < L; ++l) {
       const T* wr = w.ptr(d0 + l);
@@ -175,8 +176,10 @@ void conv_item(const ConvArgs& a, const Seq& q, int64_t ta, int64_t tb,
     d = conv_tile_rows<T, n>(r, nt, wT, zeros, bias, silu, a.D, y0, ys); \
     break;
       EFFATTN_CONV_CASE(1)
-      EFFATTN_CONV_CASE(2) EFFATTN_CONV_CASE(3) EFFATTN_CONV_CASE(4) EFFATTN_CONV_CASE(5)
-          EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7) EFFATTN_CONV_CASE(8)
+      EFFATTN_CONV_CASE(2)
+      EFFATTN_CONV_CASE(3)
+      EFFATTN_CONV_CASE(4) EFFATTN_CONV_CASE(5) EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7)
+          EFFATTN_CONV_CASE(8)
 #undef EFFATTN_CONV_CASE
               default : break;
     }
@@ -187,8 +190,10 @@ void conv_item(const ConvArgs& a, const Seq& q, int64_t ta, int64_t tb,
     d = conv_tile_window<T, n>(r, nt, w, bias, silu, a.D, y0, ys); \
     break;
       EFFATTN_CONV_CASE(1)
-      EFFATTN_CONV_CASE(2) EFFATTN_CONV_CASE(3) EFFATTN_CONV_CASE(4) EFFATTN_CONV_CASE(5)
-          EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7) EFFATTN_CONV_CASE(8)
+      EFFATTN_CONV_CASE(2)
+      EFFATTN_CONV_CASE(3)
+      EFFATTN_CONV_CASE(4) EFFATTN_CONV_CASE(5) EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7)
+          EFFATTN_CONV_CASE(8)
 #undef EFFATTN_CONV_CASE
               default : break;
     }

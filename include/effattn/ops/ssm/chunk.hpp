@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "effattn/core/parallel.hpp"
@@ -184,23 +185,24 @@ struct ChannelBlock {
 // Runs the tokens of sequence q for a run of consecutive channel blocks, stages 1-3 above.
 // Stages 1 and 3 sweep each token's row across the whole run (a walk down one block's column
 // would start a new page every token: no prefetch, latency-bound).
-// scratch: dt, dtu, ys [kMaxRun, kTimeBlock, L]; hs, At [kMaxRun, N, L]; cst [kMaxRun, 2, L].
+// scratch (capacity cap >= nblk blocks): dt, dtu, ys [cap, kTimeBlock, L]; hs, At [cap, N, L];
+// cst [cap, 2, L]. Every element read is written first.
 template <class T>
 void scan_run(const ScanArgs<T>& a, const Seq& q, const ChannelBlock* blk, int64_t nblk,
               const TensorView<const T>& u, const TensorView<const T>& delta,
               const TensorView<const T>& A, const TensorView<const T>& Dskip,
               const TensorView<const T>& z, const TensorView<const T>& delta_bias,
               const TensorView<const T>& state_in, const TensorView<T>& y,
-              const TensorView<T>& state_out, bool softplus, T* scratch) {
+              const TensorView<T>& state_out, bool softplus, T* scratch, int64_t cap) {
   constexpr int64_t L = simd::kLanes<T>, TL = kTimeBlock * L;
   using V = CVec<T>;
   const int64_t N = a.N, NL = N * L;
-  T* dt = scratch;             // [nblk, kTimeBlock, L]  dt
-  T* dtu = dt + kMaxRun * TL;  // [nblk, kTimeBlock, L]  dt * u
-  T* ys = dtu + kMaxRun * TL;  // [nblk, kTimeBlock, L]  y accumulator
-  T* hs = ys + kMaxRun * TL;   // [nblk, N, L]  state, lane l = channel d0 + l
-  T* At = hs + kMaxRun * NL;   // [nblk, N, L]  A transposed, padded lanes 0
-  T* cst = At + kMaxRun * NL;  // [nblk, 2, L]  delta_bias and D, padded lanes 0
+  T* dt = scratch;         // [nblk, kTimeBlock, L]  dt
+  T* dtu = dt + cap * TL;  // [nblk, kTimeBlock, L]  dt * u
+  T* ys = dtu + cap * TL;  // [nblk, kTimeBlock, L]  y accumulator
+  T* hs = ys + cap * TL;   // [nblk, N, L]  state, lane l = channel d0 + l
+  T* At = hs + cap * NL;   // [nblk, N, L]  A transposed, padded lanes 0
+  T* cst = At + cap * NL;  // [nblk, 2, L]  delta_bias and D, padded lanes 0
   for (int64_t j = 0; j < nblk; ++j) {
     const ChannelBlock& cb = blk[j];
     for (int64_t n = 0; n < N; ++n) {
@@ -312,7 +314,10 @@ void selective_scan_chunk(TensorView<const T> u, TensorView<const T> delta, Tens
       0, items,
       [&](int64_t lo, int64_t hi) {
         const int64_t NL = a.N * L;
-        Tensor<T> scratch({3 * kMaxRun * kTimeBlock * L + 2 * kMaxRun * NL + 2 * kMaxRun * L});
+        // Sized for this range, not zero-filled (scan_run writes before it reads).
+        const int64_t cap = std::min(kMaxRun, hi - lo);
+        std::unique_ptr<T[]> scratch(
+            new T[static_cast<std::size_t>(3 * cap * kTimeBlock * L + 2 * cap * NL + 2 * cap * L)]);
         ChannelBlock blk[kMaxRun];
         // Runs of at most kMaxRun blocks of one sequence walk through time together.
         for (int64_t i = lo; i < hi;) {
@@ -320,7 +325,7 @@ void selective_scan_chunk(TensorView<const T> u, TensorView<const T> delta, Tens
           const int64_t end = std::min({hi, (s + 1) * per_seq, i + kMaxRun});
           for (int64_t j = i; j < end; ++j) blk[j - i] = block_of(j);
           scan_run(a, a.seqs[static_cast<std::size_t>(s)], blk, end - i, u, delta, A, D, z,
-                   delta_bias, initial_state, y, final_state, p.delta_softplus, scratch.data());
+                   delta_bias, initial_state, y, final_state, p.delta_softplus, scratch.get(), cap);
           i = end;
         }
       },
