@@ -139,8 +139,8 @@ void gate(benchmark::State& state) {
   Tensor<int32_t> idx({N, k});
   Tensor<float> w({N, k});
   for (auto _ : state) {
-    moe::moe_gate<float>(logits, grouped ? bias.view() : effattn::TensorView<const float>{}, idx,
-                         w, p);
+    moe::moe_gate<float>(logits, grouped ? bias.view() : effattn::TensorView<const float>{}, idx, w,
+                         p);
     benchmark::DoNotOptimize(w.data());
   }
   state.counters["tokens/s"] =

@@ -227,12 +227,17 @@ TEST(DeltaRule, StrongDecayAndLongSequences) {
     const Out chk = run(pb, DeltaRuleAlgo::kChunk, l2());
     EXPECT_LT(rel(chk.o, ref.o), 1e-10) << lo;
     EXPECT_LT(rel(chk.S, ref.S), 1e-10) << lo;
+    const Out rec = run(pb, DeltaRuleAlgo::kRecurrent, l2());  // lazy decay rescales rows
+    EXPECT_LT(rel(rec.o, ref.o), 1e-10) << lo;
+    EXPECT_LT(rel(rec.S, ref.S), 1e-10) << lo;
     const auto pf = make_problem<float>(1, 600, 1, 1, 16, 16, DeltaRuleGate::kChannel, 3, lo);
     DeltaRuleParams<float> p;
     p.use_qk_l2norm = true;
-    const Out f = run(pf, DeltaRuleAlgo::kChunk, p);
-    EXPECT_LT(rel(f.o, ref.o), 1e-4) << lo;
-    EXPECT_LT(rel(f.S, ref.S), 1e-4) << lo;
+    for (DeltaRuleAlgo a : {DeltaRuleAlgo::kRecurrent, DeltaRuleAlgo::kChunk}) {
+      const Out f = run(pf, a, p);
+      EXPECT_LT(rel(f.o, ref.o), 1e-4) << lo;
+      EXPECT_LT(rel(f.S, ref.S), 1e-4) << lo;
+    }
   }
   // Scalar gates of -60 per token (state wiped every step) in float.
   {

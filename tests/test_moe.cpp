@@ -75,9 +75,8 @@ std::vector<Routing> routings(int64_t E, int64_t k) {
 
 template <class T>
 void expect_gate_matches_naive(int64_t N, int64_t E, int64_t k, uint64_t seed, double tol) {
-  const Tensor<T> logits = std::is_same_v<T, float>
-                               ? separated_logits<T>(N, E, seed)
-                               : random_tensor<T>({N, E}, seed, -4.0, 4.0);
+  const Tensor<T> logits = std::is_same_v<T, float> ? separated_logits<T>(N, E, seed)
+                                                    : random_tensor<T>({N, E}, seed, -4.0, 4.0);
   const Tensor<T> bias = random_tensor<T>({E}, seed + 1, -0.3, 0.3);
   for (const Routing& r : routings(E, k)) {
     SCOPED_TRACE(std::string(r.name) + " N=" + std::to_string(N) + " E=" + std::to_string(E) +
@@ -195,7 +194,8 @@ TEST(MoeGate, OneThreadEqualsTwoBitwise) {
   const int64_t N = 513, E = 256, k = 8;
   const Tensor<float> l = random_tensor<float>({N, E}, 3, -4, 4);
   const Tensor<float> b = random_tensor<float>({E}, 4, -0.2, 0.2);
-  for (moe::GateParams p : {moe::GateParams::softmax_topk(k, false), moe::GateParams::deepseek_v3(k, 8, 4, 2.5)}) {
+  for (moe::GateParams p :
+       {moe::GateParams::softmax_topk(k, false), moe::GateParams::deepseek_v3(k, 8, 4, 2.5)}) {
     const TensorView<const float> bias =
         p.score_func == moe::ScoreFunc::kSigmoid ? b.view() : TensorView<const float>{};
     Tensor<int32_t> i1({N, k}), i2({N, k});
@@ -350,9 +350,9 @@ void route(int64_t N, int64_t E, int64_t k, uint64_t seed, Tensor<int32_t>& idx,
 template <class T, class W>
 void expect_ffn_matches_naive(int64_t N, int64_t E, int64_t k, int64_t d, int64_t f, int64_t fs,
                               moe::MoeFfnParams p, double tol, uint64_t seed) {
-  SCOPED_TRACE("N=" + std::to_string(N) + " E=" + std::to_string(E) + " k=" +
-               std::to_string(k) + " d=" + std::to_string(d) + " f=" + std::to_string(f) +
-               " fs=" + std::to_string(fs) + " skinny=" + std::to_string(p.skinny_max_rows) +
+  SCOPED_TRACE("N=" + std::to_string(N) + " E=" + std::to_string(E) + " k=" + std::to_string(k) +
+               " d=" + std::to_string(d) + " f=" + std::to_string(f) + " fs=" + std::to_string(fs) +
+               " skinny=" + std::to_string(p.skinny_max_rows) +
                " cap=" + std::to_string(p.capacity_factor));
   const auto ex = make_experts<T, W>(E, d, f, fs, seed);
   const Tensor<T> x = random_tensor<T>({N, d}, seed + 10, -1, 1);
@@ -520,19 +520,34 @@ TEST(MoeGate, BadArgumentsRaise) {
   Tensor<int32_t> idx2({5, 2}), idx9({5, 9});
   Tensor<float> w2({5, 2}), w9({5, 9});
   // k > E
-  expect_error_naming([&] { moe::moe_gate<float>(l, {}, idx9, w9, moe::GateParams::softmax_topk(9, false)); }, "top_k");
-  expect_error_naming([&] { moe::naive::gate<float>(l, {}, idx9, w9, moe::GateParams::softmax_topk(9, false)); }, "top_k");
+  expect_error_naming(
+      [&] { moe::moe_gate<float>(l, {}, idx9, w9, moe::GateParams::softmax_topk(9, false)); },
+      "top_k");
+  expect_error_naming(
+      [&] { moe::naive::gate<float>(l, {}, idx9, w9, moe::GateParams::softmax_topk(9, false)); },
+      "top_k");
   // n_group not dividing E, topk_group > n_group, too few experts in the kept groups
-  expect_error_naming([&] { moe::moe_gate<float>(l, {}, idx2, w2, moe::GateParams::deepseek_v3(2, 3, 1)); }, "n_group");
-  expect_error_naming([&] { moe::moe_gate<float>(l, {}, idx2, w2, moe::GateParams::deepseek_v3(2, 4, 5)); }, "topk_group");
-  expect_error_naming([&] { moe::moe_gate<float>(l, {}, idx2, w2, moe::GateParams::deepseek_v3(2, 8, 1)); }, "top_k");
+  expect_error_naming(
+      [&] { moe::moe_gate<float>(l, {}, idx2, w2, moe::GateParams::deepseek_v3(2, 3, 1)); },
+      "n_group");
+  expect_error_naming(
+      [&] { moe::moe_gate<float>(l, {}, idx2, w2, moe::GateParams::deepseek_v3(2, 4, 5)); },
+      "topk_group");
+  expect_error_naming(
+      [&] { moe::moe_gate<float>(l, {}, idx2, w2, moe::GateParams::deepseek_v3(2, 8, 1)); },
+      "top_k");
   // output shapes, bias shape, bias with softmax
-  expect_error_naming([&] { moe::moe_gate<float>(l, {}, idx9, w2, moe::GateParams::mixtral(2)); }, "topk_idx");
+  expect_error_naming([&] { moe::moe_gate<float>(l, {}, idx9, w2, moe::GateParams::mixtral(2)); },
+                      "topk_idx");
   const Tensor<float> b3 = random_tensor<float>({3}, 2);
-  expect_error_naming([&] { moe::moe_gate<float>(l, b3, idx2, w2, moe::GateParams::deepseek_v3(2, 1, 1)); }, "bias");
-  expect_error_naming([&] { moe::moe_gate<float>(l, b3, idx2, w2, moe::GateParams::mixtral(2)); }, "bias");
+  expect_error_naming(
+      [&] { moe::moe_gate<float>(l, b3, idx2, w2, moe::GateParams::deepseek_v3(2, 1, 1)); },
+      "bias");
+  expect_error_naming([&] { moe::moe_gate<float>(l, b3, idx2, w2, moe::GateParams::mixtral(2)); },
+                      "bias");
   // NaN and +inf logits, in every routing
-  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+  for (float bad :
+       {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
     Tensor<float> ln = l;
     ln(3, 5) = bad;
     for (const Routing& r : routings(8, 2)) {
@@ -552,24 +567,38 @@ TEST(MoeFfn, BadArgumentsRaise) {
   Tensor<float> y({N, d});
   Tensor<int32_t> bad_idx = idx;
   bad_idx(2, 1) = E;
-  expect_error_naming([&] { moe::moe_ffn<float, float>(x, bad_idx, w, ex.ex(), {}, y); }, "topk_idx[2, 1]");
+  expect_error_naming([&] { moe::moe_ffn<float, float>(x, bad_idx, w, ex.ex(), {}, y); },
+                      "topk_idx[2, 1]");
   bad_idx(2, 1) = -1;
-  expect_error_naming([&] { moe::naive::moe_ffn<float, float>(x, bad_idx, w, ex.ex(), {}, y); }, "topk_idx[2, 1]");
+  expect_error_naming([&] { moe::naive::moe_ffn<float, float>(x, bad_idx, w, ex.ex(), {}, y); },
+                      "topk_idx[2, 1]");
   const Tensor<float> wd_bad({E, f + 1, d});
-  expect_error_naming([&] { moe::moe_ffn<float, float>(x, idx, w, {ex.wg, ex.wu, wd_bad}, {}, y); }, "w_down");
+  expect_error_naming(
+      [&] {
+        moe::moe_ffn<float, float>(x, idx, w, {ex.wg, ex.wu, wd_bad}, {}, y);
+      },
+      "w_down");
   const Tensor<float> sd_bad({7, d});
-  expect_error_naming([&] { moe::moe_ffn<float, float>(x, idx, w, ex.ex(), {ex.sg, ex.su, sd_bad}, y); }, "shared w_down");
+  expect_error_naming(
+      [&] {
+        moe::moe_ffn<float, float>(x, idx, w, ex.ex(), {ex.sg, ex.su, sd_bad}, y);
+      },
+      "shared w_down");
   Tensor<float> y_bad({N, d + 1});
-  expect_error_naming([&] { moe::moe_ffn<float, float>(x, idx, w, ex.ex(), {}, y_bad); }, "y has shape");
+  expect_error_naming([&] { moe::moe_ffn<float, float>(x, idx, w, ex.ex(), {}, y_bad); },
+                      "y has shape");
   Tensor<float> w_bad({N, k + 1});
-  expect_error_naming([&] { moe::moe_ffn<float, float>(x, idx, w_bad, ex.ex(), {}, y); }, "topk_weight");
+  expect_error_naming([&] { moe::moe_ffn<float, float>(x, idx, w_bad, ex.ex(), {}, y); },
+                      "topk_weight");
   moe::MoeFfnParams p;
   p.skinny_max_rows = 9;
-  expect_error_naming([&] { moe::moe_ffn<float, float>(x, idx, w, ex.ex(), {}, y, p); }, "skinny_max_rows");
+  expect_error_naming([&] { moe::moe_ffn<float, float>(x, idx, w, ex.ex(), {}, y, p); },
+                      "skinny_max_rows");
   Tensor<float> xy({N, d});
   expect_error_naming([&] { moe::moe_ffn<float, float>(xy, idx, w, ex.ex(), {}, xy); }, "overlap");
   const Tensor<float> wr({d + 1, E});
-  expect_error_naming([&] { moe::moe_layer<float, float>(x, wr, {}, ex.ex(), {}, y, {}); }, "w_router");
+  expect_error_naming([&] { moe::moe_layer<float, float>(x, wr, {}, ex.ex(), {}, y, {}); },
+                      "w_router");
   expect_error_naming([&] { moe::make_dispatch_plan(idx, 2); }, "topk_idx");
 }
 

@@ -20,7 +20,6 @@ namespace {
 Tensor<double> reference(const Tensor<double>& x, RopeStyle style, int64_t R, double theta,
                          int64_t offset) {
   Tensor<double> y = x;
-  const int64_t D = x.size(3);
   for (int64_t b = 0; b < x.size(0); ++b)
     for (int64_t t = 0; t < x.size(1); ++t)
       for (int64_t h = 0; h < x.size(2); ++h)
@@ -32,7 +31,6 @@ Tensor<double> reference(const Tensor<double>& x, RopeStyle style, int64_t R, do
           y(b, t, h, ia) = a * std::cos(ang) - c * std::sin(ang);
           y(b, t, h, ib) = a * std::sin(ang) + c * std::cos(ang);
         }
-  (void)D;
   return y;
 }
 
@@ -53,7 +51,9 @@ TEST(Rope, MatchesFormulaBothStylesPartialDims) {
         const Tensor<double> ref = reference(x, style, R, p.theta, off);
         EXPECT_LT(max_abs_diff(y, ref), 1e-9) << "style " << int(style) << " R " << R;
         // dims past R untouched
-        if (R < 80) EXPECT_EQ(y(1, 5, 2, 79), x(1, 5, 2, 79));
+        if (R < 80) {
+          EXPECT_EQ(y(1, 5, 2, 79), x(1, 5, 2, 79));
+        }
       }
 }
 

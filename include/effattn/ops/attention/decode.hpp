@@ -57,6 +57,29 @@ inline const std::array<int, kL<T>>& haddp_lanes() {
 }
 #endif
 
+// q . k for k stored as S (T or bf16).
+template <class T, class S>
+inline T dot_as(const T* q, const S* k, int64_t n) {
+  if constexpr (std::is_same_v<S, T>) {
+    return simd::dot(q, k, n);
+  } else {
+    int64_t i = 0;
+    T acc = 0;
+#if EFFATTN_HAS_SIMD
+    constexpr int64_t L = kL<T>;
+    VecT<T> s0(T(0)), s1(T(0));
+    for (; i + 2 * L <= n; i += 2 * L) {
+      s0 = vfma(vld(q + i), vld_as<T>(k + i), s0);
+      s1 = vfma(vld(q + i + L), vld_as<T>(k + i + L), s1);
+    }
+    for (; i + L <= n; i += L) s0 = vfma(vld(q + i), vld_as<T>(k + i), s0);
+    acc = simd::hsum(s0 + s1);
+#endif
+    for (; i < n; ++i) acc += q[i] * to_t<T>(k[i]);
+    return acc;
+  }
+}
+
 template <class T, class KRow>
 inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St, int64_t ld) {
   int64_t j = 0;
@@ -68,13 +91,13 @@ inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St,
     const auto& lane_of = haddp_lanes<T>();
     for (; j + KB <= bk; j += KB) {
       VecT<T> acc[L];
-      const T* kr[KB];
+      decltype(krow(0)) kr[KB];
       for (int64_t b = 0; b < KB; ++b) kr[b] = krow(j + b);
       for (int64_t i = 0; i < L; ++i) acc[i] = VecT<T>(T(0));
       for (int64_t d = 0; d < kv; d += L) {
         VecT<T> kd[KB];
         for (int64_t b = 0; b < KB; ++b) {
-          kd[b] = vld(kr[b] + d);
+          kd[b] = vld_as<T>(kr[b] + d);
           pin(kd[b]);
         }
         for (int64_t r = 0; r < 4; ++r) {
@@ -88,16 +111,14 @@ inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St,
       for (int64_t b = 0; b < KB; ++b)
         for (int64_t r = 0; r < 4; ++r) {
           T t = sums[lane_of[b * 4 + r]];
-          for (int64_t d = kv; d < K; ++d) t += Qs[r * K + d] * kr[b][d];
+          for (int64_t d = kv; d < K; ++d) t += Qs[r * K + d] * to_t<T>(kr[b][d]);
           St[(j + b) * ld + r] = t;
         }
     }
   }
 #endif
-  for (; j < bk; ++j) {
-    const T* kj = krow(j);
-    for (int64_t r = 0; r < 4; ++r) St[j * ld + r] = simd::dot(Qs + r * K, kj, K);
-  }
+  for (; j < bk; ++j)
+    for (int64_t r = 0; r < 4; ++r) St[j * ld + r] = dot_as(Qs + r * K, krow(j), K);
 }
 
 // Partial state of all rows of a segment over keys [j_begin, j_end): m [R], l [R],
@@ -111,25 +132,20 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
                     T* pm, T* pl, T* po, std::vector<T>& buf) {
   constexpr int64_t BK = kDecodeBlock;
   constexpr int64_t L = kL<T>;
-  constexpr bool kConvert = !std::is_same_v<T, KV>;
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t K = P.K, V = P.V, G = P.G, Hkv = P.Hkv, tq = sg.tq, R = P.Hq * tq;
   const int64_t RG = G * tq;  // rows per kv head
   const int64_t Rp = (R + L - 1) / L * L, nrv = Rp / L;
   const MaskPolicy mask = P.mask(sg);
 
-  // Buffers: Qs [R, K] (scaled queries), St [BK, Rp], m, l, alpha [Rp],
-  // Kc [BK, Hkv, K], Vc [BK, Hkv, V] (bf16 only).
-  const std::size_t need =
-      static_cast<std::size_t>(R * K + BK * Rp + 3 * Rp + (kConvert ? BK * Hkv * (K + V) : 0));
+  // Buffers: Qs [R, K] (scaled queries), St [BK, Rp], m, l, alpha [Rp].
+  const std::size_t need = static_cast<std::size_t>(R * K + BK * Rp + 3 * Rp);
   if (buf.size() < need) buf.resize(need);
   T* Qs = buf.data();
   T* St = Qs + R * K;
   T* m = St + BK * Rp;
   T* l = m + Rp;
   T* alpha = l + Rp;
-  T* Kc = alpha + Rp;
-  T* Vc = Kc + BK * Hkv * K;
   std::fill(St, St + BK * Rp, T(0));  // padded lanes stay finite
   std::fill(m, m + Rp, ninf);
   std::fill(l, l + Rp, T(0));
@@ -162,27 +178,16 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
     prefetch_bytes(P.v.ptr(sg.bk, sg.k0 + j) + hk * vhs_in, vbytes);
   };
   for (int64_t jp = j_begin; jp < std::min(j_begin + 8, j_end); ++jp) prefetch_key(jp);
-  const int64_t kstep = kConvert ? Hkv * K : P.k.stride(1);
-  const int64_t vstep = kConvert ? Hkv * V : P.v.stride(1);
+  // Keys / values are read in place (bf16 widened in the loads), rows kstep apart, heads khs.
+  const int64_t kstep = P.k.stride(1), vstep = P.v.stride(1);
+  const int64_t khs = P.k.stride(2), vhs = P.v.stride(2);
   for (int64_t j0 = j_begin; j0 < j_end; j0 += BK) {
     const int64_t j1 = std::min(j0 + BK, j_end), bk = j1 - j0;
     const TileKind kind = mask.classify(0, tq, j0, j1);
     if (kind == TileKind::kHidden) continue;
 
-    const T* kbase = nullptr;
-    const T* vbase = nullptr;
-    if constexpr (kConvert) {
-      for (int64_t j = 0; j < bk; ++j)
-        for (int64_t hk = 0; hk < Hkv; ++hk) {
-          load_row(P.k.ptr(sg.bk, sg.k0 + j0 + j, hk), Kc + (j * Hkv + hk) * K, K);
-          load_row(P.v.ptr(sg.bk, sg.k0 + j0 + j, hk), Vc + (j * Hkv + hk) * V, V);
-        }
-      kbase = Kc, vbase = Vc;
-    } else {
-      kbase = P.k.ptr(sg.bk, sg.k0 + j0, 0);
-      vbase = P.v.ptr(sg.bk, sg.k0 + j0, 0);
-    }
-    const int64_t khs = kConvert ? K : P.k.stride(2), vhs = kConvert ? V : P.v.stride(2);
+    const KV* kbase = P.k.ptr(sg.bk, sg.k0 + j0, 0);
+    const KV* vbase = P.v.ptr(sg.bk, sg.k0 + j0, 0);
 
     // St[j, r] = Qs[r] . K[j, hk(r)], key-major so that memory is read in order. A key row
     // [Hkv, K] is a page or so, which the hardware prefetchers do not cross: prefetch the key
@@ -200,7 +205,7 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
         int64_t r = hk * RG;
         for (; r + 4 <= (hk + 1) * RG; r += 4) scores_4rows(Qs + r * K, K, nb, krow, Sb + r, Rp);
         for (; r < (hk + 1) * RG; ++r)
-          for (int64_t j = 0; j < nb; ++j) Sb[j * Rp + r] = simd::dot(Qs + r * K, krow(j), K);
+          for (int64_t j = 0; j < nb; ++j) Sb[j * Rp + r] = dot_as(Qs + r * K, krow(j), K);
       }
     }
     if (P.var.softcap > 0)
@@ -244,15 +249,15 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
     // block of o in registers across the key block; the V % L tail columns go scalar.
     const int64_t nvec = V / L, tail0 = nvec * L;
     for (int64_t hk = 0; hk < Hkv; ++hk) {
-      const T* v0 = vbase + hk * vhs;
+      const KV* v0 = vbase + hk * vhs;
       const T* A = St + hk * RG;
       T* o0 = po + hk * RG * V;
-      if (nvec > 0) tile_gemm<T>(RG, nvec, bk, A, 1, Rp, v0, vstep, o0, V, true, nullptr);
+      if (nvec > 0) tile_gemm<T, KV>(RG, nvec, bk, A, 1, Rp, v0, vstep, o0, V, true, nullptr);
       for (int64_t r = 0; r < RG && tail0 < V; ++r)
         for (int64_t j = 0; j < bk; ++j) {
           const T p = A[j * Rp + r];
-          const T* vj = v0 + j * vstep;
-          for (int64_t e = tail0; e < V; ++e) o0[r * V + e] += p * vj[e];
+          const KV* vj = v0 + j * vstep;
+          for (int64_t e = tail0; e < V; ++e) o0[r * V + e] += p * to_t<T>(vj[e]);
         }
     }
   }

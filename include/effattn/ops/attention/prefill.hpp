@@ -108,6 +108,39 @@ inline T vsel_ninf_to_zero(T m) {
 }
 #endif
 
+// Loads L elements stored as S (T, or bf16 widened to float) as a vector of T.
+template <class T, class S>
+inline VecT<T> vld_as(const S* p) {
+  if constexpr (std::is_same_v<S, T>) {
+    return vld(p);
+  } else {
+#if EFFATTN_HAS_SIMD && defined(__AVX512F__)
+    if constexpr (std::is_same_v<S, bf16> && std::is_same_v<T, float> && kL<T> == 16) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      return VecT<T>(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
+#endif
+#if EFFATTN_HAS_SIMD && defined(__AVX2__) && !defined(__AVX512F__)
+    if constexpr (std::is_same_v<S, bf16> && std::is_same_v<T, float> && kL<T> == 8) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      return VecT<T>(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    }
+#endif
+    alignas(64) T buf[kL<T>];
+    load_row(p, buf, kL<T>);
+    return vld(static_cast<const T*>(buf));
+  }
+}
+
+// One element stored as S, as T.
+template <class T, class S>
+inline T to_t(const S& x) {
+  if constexpr (std::is_same_v<S, bf16>)
+    return static_cast<T>(bf16::to_float(x.bits));
+  else
+    return static_cast<T>(x);
+}
+
 // Keeps a loaded vector in a register: without it GCC folds the load into every FMA that uses
 // the vector (a memory operand each time), doubling the loads of a micro-kernel and making it
 // load-port bound instead of FMA bound.
@@ -123,9 +156,9 @@ inline void pin(V& x) {
 // C[r, c*L .. c*L+L) = (acc ? C * cs : 0) + sum_k A[r*ars + k*aks] * B[k*ldb + c*L ..]
 // for r < R, c < CV. cs (per column, may be null) rescales the old C: the online-softmax
 // correction exp(m_old - m_new) folded into the accumulator load.
-template <class T, int R, int CV>
-inline void ukernel(int64_t kd, const T* A, int64_t ars, int64_t aks, const T* B, int64_t ldb, T* C,
-                    int64_t ldc, bool acc, const T* cs) {
+template <class T, int R, int CV, class TB = T>
+inline void ukernel(int64_t kd, const T* A, int64_t ars, int64_t aks, const TB* B, int64_t ldb,
+                    T* C, int64_t ldc, bool acc, const T* cs) {
   constexpr int64_t L = kL<T>;
   VecT<T> c[R][CV];
   if (acc) {
@@ -141,7 +174,7 @@ inline void ukernel(int64_t kd, const T* A, int64_t ars, int64_t aks, const T* B
   for (int64_t k = 0; k < kd; ++k) {
     VecT<T> b[CV];
     for (int j = 0; j < CV; ++j) {
-      b[j] = vld(B + k * ldb + j * L);
+      b[j] = vld_as<T>(B + k * ldb + j * L);
       pin(b[j]);
     }
     for (int r = 0; r < R; ++r) {
@@ -155,20 +188,20 @@ inline void ukernel(int64_t kd, const T* A, int64_t ars, int64_t aks, const T* B
 
 // C[rows, ncols] (ld ldc) (+)= A(rows, kd) B[kd, ncols], ncols a multiple of L: the
 // micro-kernel over blocks of kR rows and kCV vectors, remainders by smaller instances.
-template <class T>
+template <class T, class TB = T>
 inline void tile_gemm(int64_t rows, int64_t nvec, int64_t kd, const T* A, int64_t ars, int64_t aks,
-                      const T* B, int64_t ldb, T* C, int64_t ldc, bool acc, const T* cs) {
+                      const TB* B, int64_t ldb, T* C, int64_t ldc, bool acc, const T* cs) {
   constexpr int64_t L = kL<T>;
-    constexpr int kR = 4, kCV = 4;  // 16 accumulators + 4 B vectors (6 x 4 measured slower)
+  constexpr int kR = 4, kCV = 4;  // 16 accumulators + 4 B vectors (6 x 4 measured slower)
   for (int64_t c0 = 0; c0 < nvec; c0 += kCV) {
     const int64_t cv = std::min<int64_t>(kCV, nvec - c0);
-    const T* Bc = B + c0 * L;
+    const TB* Bc = B + c0 * L;
     T* Cc = C + c0 * L;
     const T* csc = cs ? cs + c0 * L : nullptr;
     int64_t r = 0;
     auto run = [&](auto R_, auto CV_) {
       constexpr int R = decltype(R_)::value, CVn = decltype(CV_)::value;
-      ukernel<T, R, CVn>(kd, A + r * ars, ars, aks, Bc, ldb, Cc + r * ldc, ldc, acc, csc);
+      ukernel<T, R, CVn, TB>(kd, A + r * ars, ars, aks, Bc, ldb, Cc + r * ldc, ldc, acc, csc);
     };
     using I1 = std::integral_constant<int, 1>;
     using I2 = std::integral_constant<int, 2>;
@@ -267,10 +300,18 @@ void prefill_tile(const Problem<T, KV>& P, const Segment& sg, int64_t h, int64_t
     }
     if (kind == TileKind::kPartial) {
       for (int64_t j = 0; j < bk; ++j) {
+        // key j is seen by the queries [first, last] of the tile: -inf outside
         T* sj = S + j * BQ;
         const int64_t jj = j0 + j;
-        for (int64_t i = 0; i < bq; ++i)
-          if (!mask.visible(i0 + i, jj)) sj[i] = ninf;
+        int64_t first, last;
+        mask.queries_of(jj, &first, &last);
+        const int64_t a = std::clamp<int64_t>(first - i0, 0, bq);
+        const int64_t b = std::clamp<int64_t>(last - i0 + 1, a, bq);
+        std::fill(sj, sj + a, ninf);
+        std::fill(sj + b, sj + bq, ninf);
+        if (mask.dil > 1)
+          for (int64_t i = a; i < b; ++i)
+            if (!mask.dilated(i0 + i, jj)) sj[i] = ninf;
       }
     }
 

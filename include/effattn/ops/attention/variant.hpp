@@ -113,6 +113,17 @@ struct MaskPolicy {
     return r == 0;
   }
   bool visible(int64_t i, int64_t j) const { return j >= lo(i) && j < hi(i) && dilated(i, j); }
+  // The queries that see key j (0 <= j < tk) before the dilation test: i in [first, last].
+  // From lo(i) <= j < hi(i): causal i >= j - off; window_right i >= j - off - wr;
+  // window_left i <= j - off + wl.
+  void queries_of(int64_t j, int64_t* first, int64_t* last) const {
+    int64_t a = -kInf64, b = kInf64;
+    if (causal) a = std::max(a, j - off);
+    if (wr >= 0) a = std::max(a, j - off - wr);
+    if (wl >= 0) b = j - off + wl;
+    *first = a;
+    *last = b;
+  }
   // Queries [i0, i1) against keys [j0, j1).
   TileKind classify(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
     // The smallest lo is lo(i0) and the largest hi is hi(i1 - 1): past them nobody looks.

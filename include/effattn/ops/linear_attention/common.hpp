@@ -47,6 +47,8 @@ struct LinearAttentionParams {
 namespace linattn_detail {
 
 inline constexpr int64_t kAutoChunkMinLen = 16;
+// Below this many state-element updates (tokens x H x Kf x V) a call runs single-threaded.
+inline constexpr double kMinParallelWork = 1 << 15;
 
 // Everything the three forms read; built and validated by the front ends.
 template <class T>

@@ -36,6 +36,10 @@ void run(const Problem<T>& p) {
   if (p.form == LinearAttentionForm::kNaive) return run_naive(p);
   const bool force_chunk = p.form == LinearAttentionForm::kChunk || !p.causal;
   const bool force_rec = p.form == LinearAttentionForm::kRecurrent && p.causal;
+  // Tiny calls (a decode step of a few small heads) run on the calling thread: waking a team
+  // costs more than the work.
+  const double work = double(p.B) * double(p.T_) * double(p.H) * double(p.Kf) * double(p.V);
+  const int threads = work < kMinParallelWork ? 1 : p.threads;
   parallel_for(
       0, p.N * p.H,
       [&](int64_t i) {
@@ -46,7 +50,7 @@ void run(const Problem<T>& p) {
         else
           chunk_head(p, io);
       },
-      p.threads);
+      threads);
 }
 
 template <class T>

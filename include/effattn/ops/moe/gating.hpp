@@ -54,8 +54,7 @@ struct GateScratch {
   std::vector<T> score, crit, val, gscore;
   std::vector<int32_t> idx, gidx;
   GateScratch(int64_t E, int64_t k, int64_t n_group)
-      : score(E), crit(E), val(std::max(k, n_group)), gscore(n_group), idx(k),
-        gidx(n_group) {}
+      : score(E), crit(E), val(std::max(k, n_group)), gscore(n_group), idx(k), gidx(n_group) {}
 };
 
 // One token of softmax routing. l [E] -> idx [k], w [k]; prob [E] (nullable).
@@ -139,8 +138,8 @@ void sigmoid_gate_row(const T* l, const T* bias, int64_t n, int64_t E, const Gat
     w[j] = sc[idx[j]];  // the unbiased score
     sum += w[j];
   }
-  const T inv =
-      (p.renormalize ? (sum > 0 ? T(1) / sum : T(0)) : T(1)) * static_cast<T>(p.routed_scaling_factor);
+  const T inv = (p.renormalize ? (sum > 0 ? T(1) / sum : T(0)) : T(1)) *
+                static_cast<T>(p.routed_scaling_factor);
   for (int64_t j = 0; j < k; ++j) w[j] *= inv;
 }
 

@@ -41,8 +41,8 @@ void moe_layer(TensorView<const T> x, TensorView<const T> w_router, TensorView<c
   check_shape("moe_layer", "w_router", w_router, {d, -1}, "[d, E]");
   const int64_t E = w_router.size(1), k = p.gate.top_k;
   check(!ex.w_gate.empty() && ex.w_gate.ndim() == 3 && ex.w_gate.size(0) == E, "moe_layer: w_gate ",
-        ex.w_gate.empty() ? std::string("<none>") : ex.w_gate.shape().str(),
-        " must have E = ", E, " experts (w_router ", w_router.shape().str(), ")");
+        ex.w_gate.empty() ? std::string("<none>") : ex.w_gate.shape().str(), " must have E = ", E,
+        " experts (w_router ", w_router.shape().str(), ")");
   Tensor<T> logits({N, E});
   gemm(x, Trans::kNo, w_router, Trans::kNo, logits.view());
   Tensor<int32_t> idx_local;

@@ -61,12 +61,12 @@ namespace detail {
 
 // Tile sizes. Column blocks of 256 keep Eigen's packed weight panel in L2 and give every expert
 // several tiles; 512-row blocks bound the per-thread buffers. bf16 gemm tiles are widened kc rows
-// at a time. Streaming tiles read ~1 MB of consecutive weight rows and prefetch 2 KB ahead.
+// at a time. Streaming tiles read ~1 MB of consecutive weight rows and prefetch 8 KB ahead.
 inline constexpr int64_t kGemmCols = 256;
 inline constexpr int64_t kGemmRows = 512;
 inline constexpr int64_t kWidenRows = 256;
 inline constexpr int64_t kStreamChunkBytes = int64_t(1) << 20;
-inline constexpr int64_t kStreamPrefetchBytes = 2048;
+inline constexpr int64_t kStreamPrefetchBytes = 8192;
 
 #if EFFATTN_HAS_SIMD
 // kLanes<T> weights at p, as a register of T.
@@ -142,18 +142,27 @@ void stream_gemm_m(int64_t n, int64_t K, const T* A, int64_t lda, const W* B, in
 
 // C[M, n] = A[M, K] B[K, n] for 1 <= M <= 8 (row-major, leading dims lda, ldb, ldc).
 template <class T, class W>
-void stream_gemm(int64_t M, int64_t n, int64_t K, const T* A, int64_t lda, const W* B,
-                 int64_t ldb, T* C, int64_t ldc) {
+void stream_gemm(int64_t M, int64_t n, int64_t K, const T* A, int64_t lda, const W* B, int64_t ldb,
+                 T* C, int64_t ldc) {
   switch (M) {
-    case 1: return stream_gemm_m<1>(n, K, A, lda, B, ldb, C, ldc);
-    case 2: return stream_gemm_m<2>(n, K, A, lda, B, ldb, C, ldc);
-    case 3: return stream_gemm_m<3>(n, K, A, lda, B, ldb, C, ldc);
-    case 4: return stream_gemm_m<4>(n, K, A, lda, B, ldb, C, ldc);
-    case 5: return stream_gemm_m<5>(n, K, A, lda, B, ldb, C, ldc);
-    case 6: return stream_gemm_m<6>(n, K, A, lda, B, ldb, C, ldc);
-    case 7: return stream_gemm_m<7>(n, K, A, lda, B, ldb, C, ldc);
-    case 8: return stream_gemm_m<8>(n, K, A, lda, B, ldb, C, ldc);
-    default: throw Error(effattn::detail::concat("stream_gemm: M = ", M, " not in [1, 8]"));
+    case 1:
+      return stream_gemm_m<1>(n, K, A, lda, B, ldb, C, ldc);
+    case 2:
+      return stream_gemm_m<2>(n, K, A, lda, B, ldb, C, ldc);
+    case 3:
+      return stream_gemm_m<3>(n, K, A, lda, B, ldb, C, ldc);
+    case 4:
+      return stream_gemm_m<4>(n, K, A, lda, B, ldb, C, ldc);
+    case 5:
+      return stream_gemm_m<5>(n, K, A, lda, B, ldb, C, ldc);
+    case 6:
+      return stream_gemm_m<6>(n, K, A, lda, B, ldb, C, ldc);
+    case 7:
+      return stream_gemm_m<7>(n, K, A, lda, B, ldb, C, ldc);
+    case 8:
+      return stream_gemm_m<8>(n, K, A, lda, B, ldb, C, ldc);
+    default:
+      throw Error(effattn::detail::concat("stream_gemm: M = ", M, " not in [1, 8]"));
   }
 }
 
@@ -161,7 +170,8 @@ void stream_gemm(int64_t M, int64_t n, int64_t K, const T* A, int64_t lda, const
 // [q K / nq, (q + 1) K / nq). Depends on the sizes only (determinism across thread counts).
 inline int64_t stream_chunks(int64_t K, int64_t n, int64_t elem_bytes) {
   const int64_t bytes = K * n * elem_bytes;
-  return std::max<int64_t>(1, std::min<int64_t>(K, (bytes + kStreamChunkBytes - 1) / kStreamChunkBytes));
+  return std::max<int64_t>(
+      1, std::min<int64_t>(K, (bytes + kStreamChunkBytes - 1) / kStreamChunkBytes));
 }
 
 // Per-worker buffers: the up-projection tile and the widened bf16 weight tile.
@@ -209,7 +219,7 @@ struct Job {
   int64_t ldg, ldu;
   const W* wd;  // [F, d], leading dim ldd
   int64_t ldd, F;
-  T* h;  // [rows, F] hidden, leading dim F
+  T* h;    // [rows, F] hidden, leading dim F
   T* out;  // [rows, d] output, leading dim ldo
   int64_t ldo;
   bool stream;  // decode kernel (rows <= skinny_max_rows)
@@ -274,7 +284,8 @@ void run_tiles(const std::vector<Tile>& tiles, int num_threads, Body&& body) {
   std::atomic<int64_t> next{0};
   auto work = [&](int64_t) {
     TileScratch<T> scratch;
-    for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < n;) body(tiles[t], scratch);
+    for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < n;)
+      body(tiles[t], scratch);
   };
   if (workers > 1) {
     parallel_for(0, workers, work, workers);  // inside the region Eigen's gemm runs serially
@@ -341,9 +352,9 @@ void moe_ffn(TensorView<const T> x, TensorView<const int32_t> topk_idx,
   const bool has_shared = !sh.empty() && N > 0;
   if (has_shared) {  // the shared expert reads x in place and writes y directly
     const int64_t fs = sh.w_gate.size(1);
-    jobs.push_back({x.data(), x.stride(0), N, sh.w_gate.data(), sh.w_up.data(),
-                    sh.w_gate.stride(0), sh.w_up.stride(0), sh.w_down.data(), sh.w_down.stride(0),
-                    fs, grow(w.hs, N * fs), y.data(), y.stride(0), N <= p.skinny_max_rows});
+    jobs.push_back({x.data(), x.stride(0), N, sh.w_gate.data(), sh.w_up.data(), sh.w_gate.stride(0),
+                    sh.w_up.stride(0), sh.w_down.data(), sh.w_down.stride(0), fs,
+                    grow(w.hs, N * fs), y.data(), y.stride(0), N <= p.skinny_max_rows});
   }
   // Partial products of the streaming jobs.
   int64_t parts = 0;
@@ -371,8 +382,8 @@ void moe_ffn(TensorView<const T> x, TensorView<const int32_t> topk_idx,
       const W* wt = t.proj == 0 ? j.wg : j.wu;
       const int64_t ldw = t.proj == 0 ? j.ldg : j.ldu;
       T* part_q = (t.proj == 0 ? j.pg : j.pu) + t.q * j.rows * j.F;  // [rows, F]
-      detail::stream_gemm(j.rows, j.F, t.c1 - t.c0, j.a + t.c0, j.lda, wt + t.c0 * ldw, ldw,
-                          part_q, j.F);
+      detail::stream_gemm(j.rows, j.F, t.c1 - t.c0, j.a + t.c0, j.lda, wt + t.c0 * ldw, ldw, part_q,
+                          j.F);
       return;
     }
     const int64_t m = t.r1 - t.r0, n = t.c1 - t.c0;

@@ -31,11 +31,11 @@ enum class ScoreFunc { kSoftmax, kSigmoid };
 struct GateParams {
   ScoreFunc score_func = ScoreFunc::kSoftmax;
   int64_t top_k = 2;
-  bool renormalize = false;     // w = w / sum(w) over the k kept experts
-  int64_t n_group = 1;          // sigmoid only: group-limited routing when > 1
-  int64_t topk_group = 1;       // sigmoid only: groups kept (<= n_group)
+  bool renormalize = false;  // w = w / sum(w) over the k kept experts
+  int64_t n_group = 1;       // sigmoid only: group-limited routing when > 1
+  int64_t topk_group = 1;    // sigmoid only: groups kept (<= n_group)
   double routed_scaling_factor = 1.0;
-  int num_threads = 0;          // 0 = global default
+  int num_threads = 0;  // 0 = global default
 
   // Switch Transformer: top-1 of the softmax, weight = its probability.
   static GateParams switch_top1() { return {ScoreFunc::kSoftmax, 1, false}; }
@@ -144,19 +144,20 @@ void check_gate_args(const char* op, const TensorView<const T>& logits,
     check_shape(op, "probs", probs, {N, E}, "[N, E]");
     check_inner_contiguous(op, "probs", probs);
   }
-  check(std::isfinite(p.routed_scaling_factor), op, ": routed_scaling_factor = ",
-        p.routed_scaling_factor, " must be finite");
+  check(std::isfinite(p.routed_scaling_factor), op,
+        ": routed_scaling_factor = ", p.routed_scaling_factor, " must be finite");
   if (p.score_func == ScoreFunc::kSoftmax) {
     check(bias.empty(), op, ": bias [E] is only used by sigmoid (DeepSeek-V3) routing, got ",
           bias.shape().str(), " with softmax routing");
-    check(p.n_group == 1 && p.topk_group == 1, op, ": n_group = ", p.n_group, ", topk_group = ",
-          p.topk_group, ": group-limited routing needs sigmoid scores (use n_group = 1)");
+    check(p.n_group == 1 && p.topk_group == 1, op, ": n_group = ", p.n_group,
+          ", topk_group = ", p.topk_group,
+          ": group-limited routing needs sigmoid scores (use n_group = 1)");
     return;
   }
   if (!bias.empty()) check_shape(op, "bias", bias, {E}, "[E]");
   check(p.n_group >= 1, op, ": n_group = ", p.n_group, " must be >= 1");
-  check(E % p.n_group == 0, op, ": n_group = ", p.n_group, " does not divide E = ", E,
-        " (logits ", logits.shape().str(), ")");
+  check(E % p.n_group == 0, op, ": n_group = ", p.n_group, " does not divide E = ", E, " (logits ",
+        logits.shape().str(), ")");
   check(p.topk_group >= 1 && p.topk_group <= p.n_group, op, ": topk_group = ", p.topk_group,
         " must be in [1, n_group = ", p.n_group, "]");
   check(p.top_k <= p.topk_group * (E / p.n_group), op, ": top_k = ", p.top_k,
@@ -216,14 +217,14 @@ void check_ffn_args(const char* op, const TensorView<const T>& x,
     check_inner_contiguous(op, "shared w_up", sh.w_up);
     check_inner_contiguous(op, "shared w_down", sh.w_down);
   }
-  check(p.skinny_max_rows >= 0 && p.skinny_max_rows <= 8, op, ": skinny_max_rows = ",
-        p.skinny_max_rows, " must be in [0, 8]");
+  check(p.skinny_max_rows >= 0 && p.skinny_max_rows <= 8, op,
+        ": skinny_max_rows = ", p.skinny_max_rows, " must be in [0, 8]");
   check(p.capacity_factor == p.capacity_factor, op, ": capacity_factor is NaN");
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t s = 0; s < k; ++s) {
       const int32_t e = topk_idx(n, s);
-      check(e >= 0 && e < E, op, ": topk_idx[", n, ", ", s, "] = ", e, " out of range [0, E = ",
-            E, ")");
+      check(e >= 0 && e < E, op, ": topk_idx[", n, ", ", s, "] = ", e, " out of range [0, E = ", E,
+            ")");
     }
   }
   // y is written while x is still being read (shared expert, combine): they must not overlap.

@@ -178,10 +178,10 @@ void conv_item(const ConvArgs& a, const Seq& q, int64_t ta, int64_t tb,
       EFFATTN_CONV_CASE(1)
       EFFATTN_CONV_CASE(2)
       EFFATTN_CONV_CASE(3)
-      EFFATTN_CONV_CASE(4) EFFATTN_CONV_CASE(5) EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7)
-          EFFATTN_CONV_CASE(8)
+      EFFATTN_CONV_CASE(4)
+      EFFATTN_CONV_CASE(5) EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7) EFFATTN_CONV_CASE(8)
 #undef EFFATTN_CONV_CASE
-              default : break;
+          default : break;
     }
   } else {
     switch (a.W) {
@@ -192,10 +192,10 @@ void conv_item(const ConvArgs& a, const Seq& q, int64_t ta, int64_t tb,
       EFFATTN_CONV_CASE(1)
       EFFATTN_CONV_CASE(2)
       EFFATTN_CONV_CASE(3)
-      EFFATTN_CONV_CASE(4) EFFATTN_CONV_CASE(5) EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7)
-          EFFATTN_CONV_CASE(8)
+      EFFATTN_CONV_CASE(4)
+      EFFATTN_CONV_CASE(5) EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7) EFFATTN_CONV_CASE(8)
 #undef EFFATTN_CONV_CASE
-              default : break;
+          default : break;
     }
   }
 #else
@@ -236,16 +236,14 @@ void causal_conv1d_impl(const char* op, const TensorView<const T>& x,
       int64_t seq, ta, tb;
     };
     std::vector<Item> items;
-    for (std::size_t s = 0; s < a.seqs.size(); ++s)
+    for (int64_t s = 0; s < a.S; ++s)
       for (int64_t ta = 0; ta < a.seqs[s].len; ta += kConvTimeBlock)
-        items.push_back(
-            {static_cast<int64_t>(s), ta, std::min(a.seqs[s].len, ta + kConvTimeBlock)});
+        items.push_back({s, ta, std::min(a.seqs[s].len, ta + kConvTimeBlock)});
     parallel_for(
         0, static_cast<int64_t>(items.size()),
         [&](int64_t i) {
           const Item& it = items[static_cast<std::size_t>(i)];
-          conv_item(a, a.seqs[static_cast<std::size_t>(it.seq)], it.ta, it.tb, x, weight, wTp, b,
-                    state_in, y, silu);
+          conv_item(a, a.seqs[it.seq], it.ta, it.tb, x, weight, wTp, b, state_in, y, silu);
         },
         threads);
   }

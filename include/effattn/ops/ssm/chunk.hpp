@@ -324,8 +324,8 @@ void selective_scan_chunk(TensorView<const T> u, TensorView<const T> delta, Tens
           const int64_t s = i / per_seq;
           const int64_t end = std::min({hi, (s + 1) * per_seq, i + kMaxRun});
           for (int64_t j = i; j < end; ++j) blk[j - i] = block_of(j);
-          scan_run(a, a.seqs[static_cast<std::size_t>(s)], blk, end - i, u, delta, A, D, z,
-                   delta_bias, initial_state, y, final_state, p.delta_softplus, scratch.get(), cap);
+          scan_run(a, a.seqs[s], blk, end - i, u, delta, A, D, z, delta_bias, initial_state, y,
+                   final_state, p.delta_softplus, scratch.get(), cap);
           i = end;
         }
       },

@@ -54,13 +54,40 @@ struct Seq {
 };
 
 // The sequences of a [B, T, ...] input: B rows of length T, or the varlen segments of row 0.
-inline std::vector<Seq> make_sequences(const char* op, int64_t batch, int64_t T,
-                                       const std::vector<int64_t>& cu) {
-  std::vector<Seq> seqs;
-  if (cu.empty()) {
-    for (int64_t b = 0; b < batch; ++b) seqs.push_back({b, 0, T, b});
-    return seqs;
+// Computed on demand, so decode calls allocate nothing. Holds a pointer to cu_seqlens.
+class Sequences {
+ public:
+  Sequences() = default;
+  Sequences(int64_t batch, int64_t T, const std::vector<int64_t>* cu)
+      : batch_(batch), T_(T), cu_(cu && !cu->empty() ? cu : nullptr) {}
+  int64_t size() const { return cu_ ? static_cast<int64_t>(cu_->size()) - 1 : batch_; }
+  Seq operator[](int64_t i) const {
+    if (!cu_) return {i, 0, T_, i};
+    const int64_t t0 = (*cu_)[static_cast<std::size_t>(i)];
+    return {0, t0, (*cu_)[static_cast<std::size_t>(i) + 1] - t0, i};
   }
+  struct Iter {
+    const Sequences* s;
+    int64_t i;
+    Seq operator*() const { return (*s)[i]; }
+    Iter& operator++() {
+      ++i;
+      return *this;
+    }
+    bool operator!=(const Iter& o) const { return i != o.i; }
+  };
+  Iter begin() const { return {this, 0}; }
+  Iter end() const { return {this, size()}; }
+
+ private:
+  int64_t batch_ = 0, T_ = 0;
+  const std::vector<int64_t>* cu_ = nullptr;
+};
+
+// Checks cu_seqlens against a [batch, T, ...] input and returns its sequences.
+inline Sequences make_sequences(const char* op, int64_t batch, int64_t T,
+                                const std::vector<int64_t>& cu) {
+  if (cu.empty()) return Sequences(batch, T, nullptr);
   check(batch == 1, op, ": cu_seqlens given (varlen) but batch is ", batch, ", expected 1");
   check(cu.size() >= 2, op, ": cu_seqlens has ", cu.size(), " entries, expected >= 2");
   check(cu.front() == 0, op, ": cu_seqlens[0] is ", cu.front(), ", expected 0");
@@ -68,9 +95,8 @@ inline std::vector<Seq> make_sequences(const char* op, int64_t batch, int64_t T,
   for (std::size_t i = 0; i + 1 < cu.size(); ++i) {
     check(cu[i] <= cu[i + 1], op, ": cu_seqlens is not non-decreasing at ", i, " (", cu[i], " > ",
           cu[i + 1], ")");
-    seqs.push_back({0, cu[i], cu[i + 1] - cu[i], static_cast<int64_t>(i)});
   }
-  return seqs;
+  return Sequences(batch, T, &cu);
 }
 
 // Validated sizes of a selective-scan call. B/C are handed on as [B,T,G,N] views (a [B,T,N]
@@ -79,7 +105,7 @@ template <class Scalar>
 struct ScanArgs {
   int64_t batch = 0, T = 0, D = 0, N = 0, G = 1, S = 0;
   TensorView<const Scalar> B4, C4;
-  std::vector<Seq> seqs;
+  Sequences seqs;
 };
 
 template <class T>
@@ -133,7 +159,7 @@ ScanArgs<T> check_selective_scan(const char* op, const TensorView<const T>& u,
   check_inner_contiguous(op, "final_state", state_out);
 
   a.seqs = make_sequences(op, a.batch, a.T, p.cu_seqlens);
-  a.S = static_cast<int64_t>(a.seqs.size());
+  a.S = a.seqs.size();
   const char* sdims = p.cu_seqlens.empty() ? "[B, D, N]" : "[S, D, N] (S = len(cu_seqlens) - 1)";
   if (!state_in.empty()) check_shape(op, "initial_state", state_in, {a.S, a.D, a.N}, sdims);
   if (!state_out.empty())
@@ -146,7 +172,7 @@ ScanArgs<T> check_selective_scan(const char* op, const TensorView<const T>& u,
 // Validated sizes of a causal-conv1d call.
 struct ConvArgs {
   int64_t batch = 0, T = 0, D = 0, W = 0, S = 0;
-  std::vector<Seq> seqs;
+  Sequences seqs;
 };
 
 template <class T>
@@ -171,7 +197,7 @@ ConvArgs check_causal_conv1d(const char* op, const TensorView<const T>& x,
   check_inner_contiguous(op, "y", y);
   check_inner_contiguous(op, "final_state", state_out);
   a.seqs = make_sequences(op, a.batch, a.T, p.cu_seqlens);
-  a.S = static_cast<int64_t>(a.seqs.size());
+  a.S = a.seqs.size();
   const char* sdims =
       p.cu_seqlens.empty() ? "[B, W-1, D]" : "[S, W-1, D] (S = len(cu_seqlens) - 1)";
   if (!state_in.empty()) check_shape(op, "initial_state", state_in, {a.S, a.W - 1, a.D}, sdims);

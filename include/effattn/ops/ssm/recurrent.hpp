@@ -115,7 +115,7 @@ void selective_scan_recurrent(TensorView<const T> u, TensorView<const T> delta,
         // Without a final_state view, the state lives in per-range scratch [kBlock, N].
         std::vector<T> scratch(final_state.empty() ? static_cast<std::size_t>(kBlock * a.N) : 0);
         for (int64_t it = lo; it < hi; ++it) {
-          const Seq& q = a.seqs[static_cast<std::size_t>(it / nblk)];
+          const Seq q = a.seqs[it / nblk];
           const int64_t d_lo = (it % nblk) * kBlock, d_hi = std::min(a.D, d_lo + kBlock);
           T* base;
           int64_t stride;
