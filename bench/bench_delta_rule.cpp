@@ -1,6 +1,6 @@
 // Delta-rule family benchmarks (float, B = 1, H = HV = 16, K = V = 128, L2-normalised q/k).
 //
-//   prefill_chunk<gate>      delta_rule_chunk      (ops/delta_rule/chunk.hpp, C = 64): Gated
+//   prefill_chunk<gate>      delta_rule_chunk      (ops/delta_rule/chunk.hpp, C = 32): Gated
 //                            DeltaNet (scalar g) and KDA (per-channel g), T in {2048, 8192}
 //                            (+ 32768 with EFFATTN_BENCH_LONG=1)
 //   prefill_recurrent<gate>  delta_rule_recurrent  (ops/delta_rule/recurrent.hpp) on the same
@@ -36,8 +36,7 @@ Inputs make_inputs(int64_t T, DeltaRuleGate gate) {
   in.v = random_tensor<float>({1, T, kH, kV}, 3);
   in.beta = random_tensor<float>({1, T, kH}, 4, 0.1, 0.9);
   if (gate == DeltaRuleGate::kScalar) in.g = random_tensor<float>({1, T, kH}, 5, -0.2, -0.01);
-  if (gate == DeltaRuleGate::kChannel)
-    in.g = random_tensor<float>({1, T, kH, kK}, 5, -0.2, -0.01);
+  if (gate == DeltaRuleGate::kChannel) in.g = random_tensor<float>({1, T, kH, kK}, 5, -0.2, -0.01);
   in.S0 = random_tensor<float>({1, kH, kK, kV}, 6, -0.1, 0.1);
   in.S1 = Tensor<float>({1, kH, kK, kV});
   in.o = Tensor<float>({1, T, kH, kV});
@@ -60,7 +59,8 @@ void prefill(benchmark::State& state) {
   p.use_qk_l2norm = true;
   p.chunk_size = kC;
   p.algo = A;
-  const TensorView<const float> g = G == DeltaRuleGate::kNone ? TensorView<const float>{} : in.g.view();
+  const TensorView<const float> g =
+      G == DeltaRuleGate::kNone ? TensorView<const float>{} : in.g.view();
   for (auto _ : state) {
     delta_rule_forward<float>(in.q, in.k, in.v, in.beta, g, in.o, in.S0, in.S1, p);
     benchmark::DoNotOptimize(in.o.data());
@@ -78,7 +78,8 @@ void decode(benchmark::State& state) {
   DeltaRuleParams<float> p;
   p.use_qk_l2norm = true;
   p.algo = DeltaRuleAlgo::kRecurrent;
-  const TensorView<const float> g = G == DeltaRuleGate::kNone ? TensorView<const float>{} : in.g.view();
+  const TensorView<const float> g =
+      G == DeltaRuleGate::kNone ? TensorView<const float>{} : in.g.view();
   for (auto _ : state) {  // the state is updated in place, as a decoder does
     delta_rule_forward<float>(in.q, in.k, in.v, in.beta, g, in.o, in.S1, in.S1, p);
     benchmark::DoNotOptimize(in.o.data());

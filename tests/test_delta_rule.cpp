@@ -34,8 +34,7 @@ Problem<T> make_problem(int64_t B, int64_t Tn, int64_t H, int64_t HV, int64_t K,
   p.v = random_tensor<T>({B, Tn, HV, V}, seed + 3);
   p.beta = random_tensor<T>({B, Tn, HV}, seed + 4, 0.05, 1.0);
   if (gate == DeltaRuleGate::kScalar) p.g = random_tensor<T>({B, Tn, HV}, seed + 5, g_lo, 0.0);
-  if (gate == DeltaRuleGate::kChannel)
-    p.g = random_tensor<T>({B, Tn, HV, K}, seed + 5, g_lo, 0.0);
+  if (gate == DeltaRuleGate::kChannel) p.g = random_tensor<T>({B, Tn, HV, K}, seed + 5, g_lo, 0.0);
   p.S0 = random_tensor<T>({B, HV, K, V}, seed + 6, -0.5, 0.5);
   return p;
 }
@@ -51,8 +50,7 @@ struct Out {
 
 // Runs one form; returns o and the final state as double.
 template <class T>
-Out run(const Problem<T>& pb, DeltaRuleAlgo algo, DeltaRuleParams<T> p = {},
-        bool with_s0 = true) {
+Out run(const Problem<T>& pb, DeltaRuleAlgo algo, DeltaRuleParams<T> p = {}, bool with_s0 = true) {
   p.algo = algo;
   Tensor<T> o({pb.B, pb.T_, pb.HV, pb.V}), S1({pb.B, pb.HV, pb.K, pb.V});
   delta_rule_forward<T>(pb.q, pb.k, pb.v, pb.beta, opt(pb.g), o,
@@ -97,9 +95,9 @@ TEST(DeltaRule, FormsAgreeDouble) {
   };
   uint64_t seed = 100;
   for (const Case& c : cases) {
-    SCOPED_TRACE(::testing::Message() << "T=" << c.T << " K=" << c.K << " V=" << c.V << " H="
-                                      << c.H << " HV=" << c.HV << " gate=" << gate_name(c.gate)
-                                      << " chunk=" << c.chunk);
+    SCOPED_TRACE(::testing::Message()
+                 << "T=" << c.T << " K=" << c.K << " V=" << c.V << " H=" << c.H << " HV=" << c.HV
+                 << " gate=" << gate_name(c.gate) << " chunk=" << c.chunk);
     const auto pb = make_problem<double>(2, c.T, c.H, c.HV, c.K, c.V, c.gate, seed += 10);
     DeltaRuleParams<double> p = l2();
     p.chunk_size = c.chunk;
@@ -116,7 +114,8 @@ TEST(DeltaRule, FormsAgreeDouble) {
 
 // Without an initial state, and with unit-norm inputs and no in-op normalisation.
 TEST(DeltaRule, NoInitialStateNoNorm) {
-  for (DeltaRuleGate gate : {DeltaRuleGate::kNone, DeltaRuleGate::kScalar, DeltaRuleGate::kChannel}) {
+  for (DeltaRuleGate gate :
+       {DeltaRuleGate::kNone, DeltaRuleGate::kScalar, DeltaRuleGate::kChannel}) {
     SCOPED_TRACE(gate_name(gate));
     auto pb = make_problem<double>(1, 70, 2, 2, 24, 20, gate, 7);
     for (Tensor<double>* x : {&pb.q, &pb.k}) {  // rows to norm 1 (q) / 0.8 (k)
@@ -140,14 +139,16 @@ TEST(DeltaRule, NoInitialStateNoNorm) {
 
 // Float forms against the double reference.
 TEST(DeltaRule, FloatMatchesDouble) {
-  for (DeltaRuleGate gate : {DeltaRuleGate::kNone, DeltaRuleGate::kScalar, DeltaRuleGate::kChannel}) {
+  for (DeltaRuleGate gate :
+       {DeltaRuleGate::kNone, DeltaRuleGate::kScalar, DeltaRuleGate::kChannel}) {
     SCOPED_TRACE(gate_name(gate));
     const auto pd = make_problem<double>(1, 257, 2, 4, 64, 40, gate, 31);
     const auto pf = make_problem<float>(1, 257, 2, 4, 64, 40, gate, 31);
     const Out ref = run(pd, DeltaRuleAlgo::kNaive, l2());
     DeltaRuleParams<float> p;
     p.use_qk_l2norm = true;
-    for (DeltaRuleAlgo a : {DeltaRuleAlgo::kNaive, DeltaRuleAlgo::kRecurrent, DeltaRuleAlgo::kChunk}) {
+    for (DeltaRuleAlgo a :
+         {DeltaRuleAlgo::kNaive, DeltaRuleAlgo::kRecurrent, DeltaRuleAlgo::kChunk}) {
       const Out got = run(pf, a, p);
       EXPECT_LT(rel(got.o, ref.o), 2e-5) << int(a);
       EXPECT_LT(rel(got.S, ref.S), 2e-5) << int(a);
@@ -157,7 +158,8 @@ TEST(DeltaRule, FloatMatchesDouble) {
 
 // Running a sequence in pieces, passing the state along, equals one call.
 TEST(DeltaRule, PiecesEqualOneCall) {
-  for (DeltaRuleGate gate : {DeltaRuleGate::kNone, DeltaRuleGate::kScalar, DeltaRuleGate::kChannel}) {
+  for (DeltaRuleGate gate :
+       {DeltaRuleGate::kNone, DeltaRuleGate::kScalar, DeltaRuleGate::kChannel}) {
     for (DeltaRuleAlgo algo : {DeltaRuleAlgo::kRecurrent, DeltaRuleAlgo::kChunk}) {
       SCOPED_TRACE(::testing::Message() << gate_name(gate) << " algo " << int(algo));
       const auto pb = make_problem<double>(2, 100, 1, 2, 40, 24, gate, 55);
@@ -169,8 +171,7 @@ TEST(DeltaRule, PiecesEqualOneCall) {
       const int64_t cuts[] = {0, 37, 38, 100};
       for (int i = 0; i < 3; ++i) {
         auto sl = [&](const Tensor<double>& x) {
-          return x.empty() ? TensorView<const double>{}
-                           : x.view().slice(1, cuts[i], cuts[i + 1]);
+          return x.empty() ? TensorView<const double>{} : x.view().slice(1, cuts[i], cuts[i + 1]);
         };
         Tensor<double> S_next({2, 2, 40, 24});
         delta_rule_forward<double>(sl(pb.q), sl(pb.k), sl(pb.v), sl(pb.beta), sl(pb.g),
@@ -286,7 +287,8 @@ TEST(DeltaRule, ThreadsAgree) {
 TEST(DeltaRule, VarlenEqualsSeparateCalls) {
   const std::vector<int64_t> cu = {0, 5, 5, 70, 101};
   const int64_t N = 4, Tn = 101, H = 1, HV = 2, K = 24, V = 16;
-  for (DeltaRuleGate gate : {DeltaRuleGate::kNone, DeltaRuleGate::kScalar, DeltaRuleGate::kChannel}) {
+  for (DeltaRuleGate gate :
+       {DeltaRuleGate::kNone, DeltaRuleGate::kScalar, DeltaRuleGate::kChannel}) {
     for (DeltaRuleAlgo algo :
          {DeltaRuleAlgo::kNaive, DeltaRuleAlgo::kRecurrent, DeltaRuleAlgo::kChunk}) {
       SCOPED_TRACE(::testing::Message() << gate_name(gate) << " algo " << int(algo));
@@ -323,8 +325,9 @@ TEST(DeltaRule, VarlenEqualsSeparateCalls) {
                                TensorView<const double>(Sn.view())),
                   1e-10);
         if (nsn > 0) {
-          EXPECT_LT(max_abs_diff(TensorView<const double>(snaps.view().slice(0, n, n + 1).slice(1, 0, nsn)),
-                                 TensorView<const double>(sn.view())),
+          EXPECT_LT(max_abs_diff(
+                        TensorView<const double>(snaps.view().slice(0, n, n + 1).slice(1, 0, nsn)),
+                        TensorView<const double>(sn.view())),
                     1e-10);
         }
       }
@@ -421,7 +424,8 @@ TEST(DeltaRule, FrontInPlaceStridedAndEmpty) {
   EXPECT_LT(max_abs_diff(o, run(pc, DeltaRuleAlgo::kNaive, l2()).o), 1e-12);
   // T = 0: the final state is the initial state.
   const auto pe = make_problem<double>(1, 0, 1, 1, 16, 8, DeltaRuleGate::kScalar, 64);
-  for (DeltaRuleAlgo a : {DeltaRuleAlgo::kNaive, DeltaRuleAlgo::kRecurrent, DeltaRuleAlgo::kChunk}) {
+  for (DeltaRuleAlgo a :
+       {DeltaRuleAlgo::kNaive, DeltaRuleAlgo::kRecurrent, DeltaRuleAlgo::kChunk}) {
     const Out e = run(pe, a, l2());
     EXPECT_EQ(max_abs_diff(e.S, Tensor<double>::from(pe.S0.view())), 0.0);
   }
@@ -443,9 +447,8 @@ TEST(DeltaRule, BadArguments) {
   const auto pb = make_problem<float>(1, 10, 2, 4, 16, 8, DeltaRuleGate::kScalar, 71);
   Tensor<float> o({1, 10, 4, 8}), S({1, 4, 16, 8});
   const TensorView<const float> none;
-  auto call = [&](TensorView<const float> q, TensorView<const float> k,
-                  TensorView<const float> v, TensorView<const float> beta,
-                  TensorView<const float> g, TensorView<float> out,
+  auto call = [&](TensorView<const float> q, TensorView<const float> k, TensorView<const float> v,
+                  TensorView<const float> beta, TensorView<const float> g, TensorView<float> out,
                   TensorView<const float> s0, TensorView<float> s1,
                   const DeltaRuleParams<float>& p) {
     return [=]() { delta_rule_forward<float>(q, k, v, beta, g, out, s0, s1, p); };
@@ -489,7 +492,7 @@ TEST(DeltaRule, BadArguments) {
   expect_error([&] { gated_delta_rule<float>(pb.q, pb.k, pb.v, pb.beta, none, o); }, "g has");
   // Non-unit inner stride.
   Tensor<float> q2({1, 10, 16, 2});
-  expect_error(call(TensorView<const float>(q2.view()).transpose(2, 3), pb.k, pb.v, pb.beta,
-                    pb.g, o, none, {}, p0),
+  expect_error(call(TensorView<const float>(q2.view()).transpose(2, 3), pb.k, pb.v, pb.beta, pb.g,
+                    o, none, {}, p0),
                "unit stride");
 }

@@ -46,7 +46,8 @@ GoldenOutputs run_delta_case(const GoldenCase& c) {
     const CompareResult rs = compare_output(to_double(S1), want_s, false, rtol, atol);
     check(ro.ok && rs.ok, names[f], " form: ", ro.ok ? "" : "o: " + ro.message,
           rs.ok ? "" : " S_final: " + rs.message);
-    if (forms[f] == DeltaRuleAlgo::kChunk) result = {{"o", to_double(o)}, {"S_final", to_double(S1)}};
+    if (forms[f] == DeltaRuleAlgo::kChunk)
+      result = {{"o", to_double(o)}, {"S_final", to_double(S1)}};
   }
   return result;
 }

@@ -104,13 +104,13 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
         std::vector<T> Qs(C * K);       // [C, K] scale * q
         std::vector<T> Kn(C * K);       // [C, K] k
         std::vector<T> LQ(2 * C * K);   // [2c, K] rows: k (or k exp(Gc-ref)), then scale q (...)
-        std::vector<T> Kf(kChan ? C * K : 0);  // [C, K] k exp(ref - Gc) (KDA)
-        std::vector<T> Qd(C * K);              // [C, K] scale q exp(Gc)
-        std::vector<T> Kr(C * K);              // [C, K] k exp(Gc_last - Gc)
-        std::vector<T> BKV(C * KV);            // [C, K + V] beta k exp(Gc) | beta v
-        std::vector<T> WU(C * KV);             // [C, K + V] W | U
-        std::vector<T> AP(2 * C * C);          // [2c, C] rows: A, then P
-        std::vector<T> Tm(C * C);              // [C, C] (I + A)^{-1}
+        std::vector<T> Kf(kChan ? C * K : 0);   // [C, K] k exp(ref - Gc) (KDA)
+        std::vector<T> Qd(C * K);               // [C, K] scale q exp(Gc)
+        std::vector<T> Kr(C * K);               // [C, K] k exp(Gc_last - Gc)
+        std::vector<T> BKV(C * KV);             // [C, K + V] beta k exp(Gc) | beta v
+        std::vector<T> WU(C * KV);              // [C, K + V] W | U
+        std::vector<T> AP(2 * C * C);           // [2c, C] rows: A, then P
+        std::vector<T> Tm(C * C);               // [C, C] (I + A)^{-1}
         std::vector<T> Gr(C * GK), Gc(C * GK);  // [C] or [C, K] log-gates, chunk-local cumsum
         std::vector<T> bt(C), e1(std::max(K, C)), e2(K), ref(K), mn(K), mx(K);
         if (!initial_state.empty())
@@ -247,7 +247,8 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
           gemm(c, V, K, Qd.data(), K, Trans::kNo, S.data(), V, Trans::kNo, out, ldo);
           gemm(c, V, c, P, C, Trans::kNo, U, KV, Trans::kNo, out, ldo, T(1), T(1));
           // S = diag(exp(Gc_last)) S0 + Kr^T U
-          if constexpr (G == DeltaRuleGate::kScalar) simd::scale(std::exp(g_last[0]), S.data(), K * V);
+          if constexpr (G == DeltaRuleGate::kScalar)
+            simd::scale(std::exp(g_last[0]), S.data(), K * V);
           if constexpr (kChan) {
             for (int64_t r = 0; r < K; ++r) simd::scale(std::exp(g_last[r]), S.data() + r * V, V);
           }
@@ -282,8 +283,7 @@ void delta_rule_chunk(TensorView<const T> q, TensorView<const T> k, TensorView<c
       chunk_impl<T, DeltaRuleGate::kNone>(q, k, v, beta, g, o, initial_state, final_state, p, pr);
       break;
     case DeltaRuleGate::kScalar:
-      chunk_impl<T, DeltaRuleGate::kScalar>(q, k, v, beta, g, o, initial_state, final_state, p,
-                                            pr);
+      chunk_impl<T, DeltaRuleGate::kScalar>(q, k, v, beta, g, o, initial_state, final_state, p, pr);
       break;
     case DeltaRuleGate::kChannel:
       chunk_impl<T, DeltaRuleGate::kChannel>(q, k, v, beta, g, o, initial_state, final_state, p,

@@ -2,9 +2,8 @@
 // validation and the per-token input reader shared by the naive, recurrent and chunk forms.
 //
 // State S [HV, K, V] per sequence, beta [B, T, HV]; for every token t of head hv:
-//   S <- decay_t(S)                     none | exp(g_t) S (g [B,T,HV]) | diag(exp(g_t)) S (g [B,T,HV,K])
-//   u  = beta_t (v_t - S^T k_t)         [V]
-//   S <- S + k_t u^T                    [K, V]
+//   S <- decay_t(S)                     none | exp(g_t) S (g [B,T,HV]) | diag(exp(g_t)) S (g
+//   [B,T,HV,K]) u  = beta_t (v_t - S^T k_t)         [V] S <- S + k_t u^T                    [K, V]
 //   o_t = scale S^T q_t                 [V]  (inclusive: reads the state after token t)
 // q, k [B, T, H, K] are shared by the HV / H value heads hv with hv / (HV / H) == h.
 #pragma once
@@ -46,7 +45,7 @@ struct DeltaRuleParams {
   // sequence's last snapshot are left untouched.
   int64_t snapshot_every = 0;
   TensorView<T> snapshots;
-  int64_t chunk_size = 64;  // chunk form: tokens per chunk (the KDA form may cut chunks shorter)
+  int64_t chunk_size = 32;  // chunk form: tokens per chunk (the KDA form may cut chunks shorter)
   DeltaRuleAlgo algo = DeltaRuleAlgo::kAuto;
   int num_threads = 0;  // 0 = global default
 };
@@ -93,10 +92,9 @@ Problem validate(const char* op, const TensorView<const T>& q, const TensorView<
   pr.HV = v.size(2);
   pr.V = v.size(3);
   check_shape(op, "v", v, {pr.B, pr.T, -1, -1}, "[B, T, HV, V]");
-  check(pr.HV > 0 && pr.V > 0, op, ": v has shape ", v.shape().str(),
-        ", expected HV > 0, V > 0");
-  check(pr.HV % pr.H == 0, op, ": v has HV = ", pr.HV, " value heads, not a multiple of q/k's H = ",
-        pr.H);
+  check(pr.HV > 0 && pr.V > 0, op, ": v has shape ", v.shape().str(), ", expected HV > 0, V > 0");
+  check(pr.HV % pr.H == 0, op, ": v has HV = ", pr.HV,
+        " value heads, not a multiple of q/k's H = ", pr.H);
   pr.groups = pr.HV / pr.H;
   check_shape(op, "beta", beta, {pr.B, pr.T, pr.HV}, "[B, T, HV]");
   check_shape(op, "o", o, {pr.B, pr.T, pr.HV, pr.V}, "[B, T, HV, V]");
@@ -138,8 +136,9 @@ Problem validate(const char* op, const TensorView<const T>& q, const TensorView<
     check(pr.B == 1, op, ": cu_seqlens needs B == 1 (packed sequences), q has shape ",
           q.shape().str());
     check(cu.size() >= 2, op, ": cu_seqlens needs N + 1 >= 2 offsets, got ", cu.size());
-    check(cu.front() == 0 && cu.back() == pr.T, op, ": cu_seqlens must start at 0 and end at T = ",
-          pr.T, " (got ", cu.front(), " .. ", cu.back(), ")");
+    check(cu.front() == 0 && cu.back() == pr.T, op,
+          ": cu_seqlens must start at 0 and end at T = ", pr.T, " (got ", cu.front(), " .. ",
+          cu.back(), ")");
     for (std::size_t i = 1; i < cu.size(); ++i) {
       check(cu[i] >= cu[i - 1], op, ": cu_seqlens must be non-decreasing (cu_seqlens[", i,
             "] = ", cu[i], " < ", cu[i - 1], ")");
@@ -263,7 +262,8 @@ T default_scale(const DeltaRuleParams<T>& p, int64_t K) {
 template <class T>
 void copy_state(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_t K, int64_t V) {
   if (src == dst && ld_src == ld_dst) return;
-  for (int64_t r = 0; r < K; ++r) std::copy(src + r * ld_src, src + r * ld_src + V, dst + r * ld_dst);
+  for (int64_t r = 0; r < K; ++r)
+    std::copy(src + r * ld_src, src + r * ld_src + V, dst + r * ld_dst);
 }
 
 }  // namespace delta_rule_detail

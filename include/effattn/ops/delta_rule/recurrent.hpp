@@ -9,19 +9,11 @@
 //   pass 2:  S = S' + k u^T, o = q^T S   (u = beta (v - x); update and readout fused)
 // With final_state given the op updates it in place (initial_state may be the same tensor):
 // no copy of the state for a decode step.
-//
-// Lazy decay (blocks of >= kLazyMin tokens, gated forms): instead of scaling every row of S by
-// its decay at every token, the tile holds S_true = diag(alpha) S_stored with the running decay
-// product alpha [K] (per row; all equal for the scalar gate). Then per token
-//   x = (k * alpha)^T S_stored,  S_stored += (k / alpha) u^T,  o = (q * alpha)^T S_stored,
-// i.e. the ungated kernel with three prepared K-vectors: one FP op per element less. A row
-// whose alpha would drop below kLazyFloor (S_stored would grow past ~1/alpha) is first scaled
-// back (S_stored[r] *= alpha_r, alpha_r = 1); at the end of the block every row is.
+
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "effattn/core/parallel.hpp"
@@ -42,16 +34,7 @@ struct TokenData {
   T beta;
   const T* v;  // [V] row of v
   T* o;        // [V] row of o
-  // Lazy mode: rows to scale back before this token (factor per row, 1 = none; null = no row)
-  // and alpha after it (for snapshots: S_true = alpha * S_stored).
-  const T* resc = nullptr;
-  const T* alpha = nullptr;
 };
-
-template <class T>
-constexpr T kLazyFloor() {
-  return std::numeric_limits<T>::max_exponent > 200 ? T(1e-200) : T(1e-20);
-}
 
 #if EFFATTN_HAS_SIMD
 // One token on the NV * L columns at S (row stride ld), v and o offset to the same columns.
@@ -141,11 +124,6 @@ template <class T, DeltaRuleGate G, class Snap>
 void run_tile(T* S, int64_t ld, int64_t K, const TokenData<T>* toks, int64_t count, int64_t c0,
               int64_t w, int nv, Snap&& snap) {
   for (int64_t i = 0; i < count; ++i) {
-    if (toks[i].resc != nullptr) {  // lazy mode: rows whose alpha got too small, scaled back
-      for (int64_t r = 0; r < K; ++r) {
-        if (toks[i].resc[r] != T(1)) simd::scale(toks[i].resc[r], S + r * ld + c0, w);
-      }
-    }
 #if EFFATTN_HAS_SIMD
     if (nv == 2) step_tile<T, G, 2>(S + c0, ld, K, toks[i], c0);
     if (nv == 1) step_tile<T, G, 1>(S + c0, ld, K, toks[i], c0);
@@ -164,8 +142,7 @@ void recurrent_impl(const TensorView<const T>& q, const TensorView<const T>& k,
   const TokenReader<T> rd(q, k, v, beta, g, pr, p);
   const int64_t K = pr.K, V = pr.V;
   const T scale = default_scale(p, K);
-  constexpr int64_t kBlock = 32;   // tokens prepared at once (their q, k rows stay in L1)
-  constexpr int64_t kLazyMin = 8;  // fewer tokens: the end-of-block rescale pass costs more
+  constexpr int64_t kBlock = 32;  // tokens prepared at once (their q, k rows stay in L1)
 #if EFFATTN_HAS_SIMD
   constexpr int64_t L = simd::kLanes<T>;
 #else
@@ -194,13 +171,11 @@ void recurrent_impl(const TensorView<const T>& q, const TensorView<const T>& k,
           for (int64_t r = 0; r < K; ++r) std::fill(S + r * ld, S + r * ld + V, T(0));
         }
 
-        // Token block buffers [kBlock, K]: q, k, kd, dec; lazy mode: alpha, rescale factors.
-        std::vector<T> qb(kBlock * K), kb(kBlock * K), kdb, decb, alb, rsb, alpha(K);
-        if (G != DeltaRuleGate::kNone) {
+        // Token block buffers [kBlock, K]: q, k, kd, dec.
+        std::vector<T> qb(kBlock * K), kb(kBlock * K), kdb, decb;
+        if (G == DeltaRuleGate::kChannel) {
           kdb.resize(kBlock * K);
           decb.resize(kBlock * K);
-          alb.resize(kBlock * K);
-          rsb.resize(kBlock * K);
         }
         TokenData<T> toks[kBlock];
         const int64_t t_begin = pr.begin(n), t_end = pr.end(n);
@@ -226,7 +201,7 @@ void recurrent_impl(const TensorView<const T>& q, const TensorView<const T>& k,
               T* di = decb.data() + i * K;
               T* kdi = kdb.data() + i * K;
               rd.gate_row(b, t, hv, di);
-              simd::exp(di, di, K);   // dec = exp(g)
+              simd::exp(di, di, K);       // dec = exp(g)
               simd::mul(ki, di, kdi, K);  // kd = exp(g) * k
               d.dec = di;
               d.kd = kdi;
@@ -234,43 +209,6 @@ void recurrent_impl(const TensorView<const T>& q, const TensorView<const T>& k,
             d.beta = rd.beta(b, t, hv);
             d.v = rd.v_row(b, t, hv);
             d.o = o.ptr(b, t, hv);
-          }
-          // Lazy decay: turn (k, q, decay) into the ungated kernel's (kd, k, q) vectors.
-          const bool lazy = G != DeltaRuleGate::kNone && cnt >= kLazyMin;
-          if (lazy) {
-            std::fill(alpha.begin(), alpha.end(), T(1));
-            for (int64_t i = 0; i < cnt; ++i) {
-              TokenData<T>& d = toks[i];
-              T* ki = kb.data() + i * K;
-              T* qi = qb.data() + i * K;
-              T* kdi = kdb.data() + i * K;
-              T* ai = alb.data() + i * K;
-              T* rs = rsb.data() + i * K;
-              // a = alpha * exp(g)   (the decay product since the block start, per row)
-              if constexpr (G == DeltaRuleGate::kScalar) {
-                for (int64_t r = 0; r < K; ++r) ai[r] = alpha[r] * d.dec_s;
-              } else {
-                simd::mul(alpha.data(), d.dec, ai, K);
-              }
-              bool any = false;
-              for (int64_t r = 0; r < K; ++r) any |= ai[r] < kLazyFloor<T>();
-              if (any) {  // rare: scale those rows back before this token
-                for (int64_t r = 0; r < K; ++r) {
-                  rs[r] = ai[r] < kLazyFloor<T>() ? ai[r] : T(1);
-                  if (rs[r] != T(1)) ai[r] = T(1);
-                }
-              }
-              // kd = k a (pass 1), k <- k / a (update), q <- q a (readout)
-              for (int64_t r = 0; r < K; ++r) {
-                kdi[r] = ki[r] * ai[r];
-                ki[r] = ki[r] / ai[r];
-                qi[r] = qi[r] * ai[r];
-              }
-              std::copy(ai, ai + K, alpha.begin());
-              d.kd = kdi;
-              d.resc = any ? rs : nullptr;
-              d.alpha = ai;
-            }
           }
           // Columns in tiles of 2 registers, then 1, then scalar.
           int64_t c0 = 0;
@@ -291,19 +229,10 @@ void recurrent_impl(const TensorView<const T>& q, const TensorView<const T>& k,
               const int64_t done = t0 + i + 1 - t_begin;
               if (p.snapshot_every <= 0 || done % p.snapshot_every != 0) return;
               const int64_t j = done / p.snapshot_every - 1;
-              for (int64_t r = 0; r < K; ++r) {
-                const T* src = S + r * ld + c0;
-                T* dst = p.snapshots.ptr(n, j, hv, r) + c0;
-                const T a = lazy ? toks[i].alpha[r] : T(1);  // S_true = alpha S_stored
-                for (int64_t x = 0; x < w; ++x) dst[x] = a * src[x];
-              }
+              for (int64_t r = 0; r < K; ++r)
+                std::copy(S + r * ld + c0, S + r * ld + c0 + w, p.snapshots.ptr(n, j, hv, r) + c0);
             };
-            if (lazy) {
-              run_tile<T, DeltaRuleGate::kNone>(S, ld, K, toks, cnt, c0, w, nv, snap);
-              for (int64_t r = 0; r < K; ++r) simd::scale(alpha[r], S + r * ld + c0, w);
-            } else {
-              run_tile<T, G>(S, ld, K, toks, cnt, c0, w, nv, snap);
-            }
+            run_tile<T, G>(S, ld, K, toks, cnt, c0, w, nv, snap);
             c0 += w;
           }
         }
@@ -329,12 +258,12 @@ void delta_rule_recurrent(TensorView<const T> q, TensorView<const T> k, TensorVi
                                               pr);
       break;
     case DeltaRuleGate::kScalar:
-      recurrent_impl<T, DeltaRuleGate::kScalar>(q, k, v, beta, g, o, initial_state, final_state,
-                                                p, pr);
+      recurrent_impl<T, DeltaRuleGate::kScalar>(q, k, v, beta, g, o, initial_state, final_state, p,
+                                                pr);
       break;
     case DeltaRuleGate::kChannel:
-      recurrent_impl<T, DeltaRuleGate::kChannel>(q, k, v, beta, g, o, initial_state, final_state,
-                                                 p, pr);
+      recurrent_impl<T, DeltaRuleGate::kChannel>(q, k, v, beta, g, o, initial_state, final_state, p,
+                                                 pr);
       break;
   }
 }

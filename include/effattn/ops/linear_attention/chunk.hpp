@@ -132,9 +132,40 @@ bool intra_channel(int64_t n, int64_t Kf, const T* Q, const T* K, const T* G, T*
   return one_block;
 }
 
-// One (sequence, head), causal or not.
+// Unmasked, undecayed intra-chunk scores A[i, j] = scale phi(q_i).phi(k_j) [n, n] (ld lda) for
+// a scalar or no decay, rows i, j <= i filled. Q, Kc [n, Kf] are the gathered scale phi(q),
+// phi(k). Based computes them K-wide from q.k: A = scale (1 + s + s^2 / 2), s = q.k / sqrt(K).
 template <class T>
-void chunk_head(const Problem<T>& p, const HeadIO<T>& io) {
+void chunk_scores(const Problem<T>& p, const HeadIO<T>& io, int64_t c0, int64_t n, const T* Q,
+                  const T* Kc, T* A, int64_t lda) {
+  if (p.fm == FeatureMap::kBasedTaylor) {
+    gemm<T>(n, n, p.K, io.q + c0 * io.q_st, io.q_st, Trans::kNo, io.k + c0 * io.k_st, io.k_st,
+            Trans::kYes, A, lda);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j <= i; ++j)
+        A[i * lda + j] = p.scale * feature_kernel_from_dot(p.fm, A[i * lda + j], p.K);
+  } else {
+    gemm<T>(n, n, p.Kf, Q, p.Kf, Trans::kNo, Kc, p.Kf, Trans::kYes, A, lda);
+  }
+}
+
+// Scores shared by the v heads of one q/k head (SSD's groups): [Hqk, chunks, C, C], chunk c of
+// sequence n at base[n] + c. Empty when not worth it or too big.
+template <class T>
+struct SharedScores {
+  std::vector<T> buf;
+  std::vector<int64_t> base;  // [N + 1] first global chunk of each sequence
+  int64_t chunks = 0;
+  const T* at(const Problem<T>& p, int64_t n, int64_t h) const {
+    if (buf.empty()) return nullptr;
+    return buf.data() + (p.qk_head(h) * chunks + base[n]) * p.chunk * p.chunk;
+  }
+};
+
+// One (sequence, head), causal or not. `shared` (may be null): this head's precomputed
+// chunk_scores, chunk c at shared + c C^2.
+template <class T>
+void chunk_head(const Problem<T>& p, const HeadIO<T>& io, const T* shared = nullptr) {
   const int64_t C = p.chunk, Kf = p.Kf, V = p.V, K = p.K;
   const bool channel = p.decay == DecayKind::kChannel, scalar = p.decay == DecayKind::kScalar;
   ChunkScratch<T> w(C, Kf, V, channel, io.vs != nullptr);
@@ -144,7 +175,6 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io) {
     z[i] = io.z0 ? io.z0[i * io.z0_st] : T(0);
     for (int64_t j = 0; j < V; ++j) S[i * V + j] = io.s0 ? io.s0[i * io.s0_k + j * io.s0_v] : T(0);
   }
-  const bool based_trick = p.fm == FeatureMap::kBasedTaylor && !channel;
   T* Q = w.Q.data();  // [C, Kf]
   T* Kc = w.K.data();  // [C, Kf]
   T* A = w.A.data();  // [C, C]
@@ -223,14 +253,11 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io) {
         one_block = intra_channel(n, Kf, Q, Kc, G, A, C, w.Qe.data(), w.Kr.data());
         Qe = w.Qe.data();
       } else {
-        if (based_trick) {  // A_ij = scale (1 + s + s^2/2), s = q.k / sqrt(K): K-wide, not Kf
-          gemm<T>(n, n, K, io.q + c0 * io.q_st, io.q_st, Trans::kNo, io.k + c0 * io.k_st, io.k_st,
-                  Trans::kYes, A, C);
-          for (int64_t i = 0; i < n; ++i)
-            for (int64_t j = 0; j <= i; ++j)
-              A[i * C + j] = p.scale * feature_kernel_from_dot(p.fm, A[i * C + j], K);
+        if (shared) {  // copy the shared scores, lower triangle
+          const T* src = shared + (c0 / C) * C * C;
+          for (int64_t i = 0; i < n; ++i) std::copy(src + i * C, src + i * C + i + 1, A + i * C);
         } else {
-          gemm<T>(n, n, Kf, Q, Kf, Trans::kNo, Kc, Kf, Trans::kYes, A, C);
+          chunk_scores(p, io, c0, n, Q, Kc, A, C);
         }
         apply_decay_mask(A, C, n, scalar ? G : static_cast<const T*>(nullptr));
         if (scalar)  // Qe_i = Q_i exp(G_i)
@@ -279,10 +306,39 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io) {
     for (int64_t i = 0; i < Kf; ++i) io.zT[i * io.zT_st] = z[i];
 }
 
+// Precomputes the scores once per q/k head when several v heads share it (H > Hqk), the decay
+// is scalar or none and the buffer stays under kSharedScoresMaxBytes; parallel over
+// (q/k head, chunk).
+inline constexpr double kSharedScoresMaxBytes = 256.0 * (1 << 20);
 template <class T>
-void run_chunk(const Problem<T>& p) {
+SharedScores<T> shared_scores(const Problem<T>& p, int threads) {
+  SharedScores<T> sh;
+  if (p.H == p.Hqk || p.decay == DecayKind::kChannel || !p.causal) return sh;
+  const int64_t C = p.chunk;
+  sh.base.assign(static_cast<size_t>(p.N + 1), 0);
+  for (int64_t n = 0; n < p.N; ++n) sh.base[n + 1] = sh.base[n] + (p.len_of(n) + C - 1) / C;
+  sh.chunks = sh.base[p.N];
+  const double bytes = double(p.Hqk) * double(sh.chunks) * double(C * C) * sizeof(T);
+  if (sh.chunks == 0 || bytes > kSharedScoresMaxBytes) return sh;
+  sh.buf.resize(static_cast<size_t>(p.Hqk * sh.chunks * C * C));
+  const int64_t group = p.H / p.Hqk;
   parallel_for(
-      0, p.N * p.H, [&](int64_t i) { chunk_head(p, head_io(p, i / p.H, i % p.H)); }, p.threads);
+      0, p.Hqk * sh.chunks,
+      [&](int64_t item) {
+        const int64_t hq = item / sh.chunks, gc = item % sh.chunks;
+        const int64_t n = static_cast<int64_t>(
+            std::upper_bound(sh.base.begin(), sh.base.end(), gc) - sh.base.begin() - 1);
+        const HeadIO<T> io = head_io(p, n, hq * group);
+        const int64_t c0 = (gc - sh.base[n]) * C, len = std::min(C, io.len - c0);
+        std::vector<T> Q(static_cast<size_t>(len * p.Kf)), Kc(Q.size());
+        for (int64_t i = 0; i < len; ++i) {
+          apply_feature_map(p.fm, io.q + (c0 + i) * io.q_st, p.K, p.scale, Q.data() + i * p.Kf);
+          apply_feature_map(p.fm, io.k + (c0 + i) * io.k_st, p.K, T(1), Kc.data() + i * p.Kf);
+        }
+        chunk_scores(p, io, c0, len, Q.data(), Kc.data(), sh.buf.data() + item * C * C, C);
+      },
+      threads);
+  return sh;
 }
 
 }  // namespace linattn_detail

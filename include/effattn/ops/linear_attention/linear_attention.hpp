@@ -40,15 +40,20 @@ void run(const Problem<T>& p) {
   // costs more than the work.
   const double work = double(p.B) * double(p.T_) * double(p.H) * double(p.Kf) * double(p.V);
   const int threads = work < kMinParallelWork ? 1 : p.threads;
+  int64_t max_len = 0;
+  for (int64_t n = 0; n < p.N; ++n) max_len = std::max(max_len, p.len_of(n));
+  const bool any_chunk = !force_rec && (force_chunk || max_len >= kAutoChunkMinLen);
+  const SharedScores<T> shared = any_chunk ? shared_scores(p, threads) : SharedScores<T>();
   parallel_for(
       0, p.N * p.H,
       [&](int64_t i) {
-        const HeadIO<T> io = head_io(p, i / p.H, i % p.H);
+        const int64_t n = i / p.H, h = i % p.H;
+        const HeadIO<T> io = head_io(p, n, h);
         const bool rec = force_rec || (!force_chunk && io.len < kAutoChunkMinLen);
         if (rec)
           recurrent_head(p, io);
         else
-          chunk_head(p, io);
+          chunk_head(p, io, shared.at(p, n, h));
       },
       threads);
 }
