@@ -52,7 +52,8 @@ template <bool channel, LinearAttentionForm form = LinearAttentionForm::kChunk>
 void prefill(benchmark::State& state) {
   const int64_t T = state.range(0), K = state.range(1), V = K, H = 16;
   use_threads(static_cast<int>(state.range(2)));
-  const Tensor<float> q = random_tensor<float>({1, T, H, K}, 1), k = random_tensor<float>({1, T, H, K}, 2),
+  const Tensor<float> q = random_tensor<float>({1, T, H, K}, 1),
+                      k = random_tensor<float>({1, T, H, K}, 2),
                       v = random_tensor<float>({1, T, H, V}, 3);
   const Tensor<float> g = channel ? random_tensor<float>({1, T, H, K}, 4, -0.1, 0.0)
                                   : random_tensor<float>({1, T, H}, 4, -0.1, 0.0);
@@ -67,7 +68,8 @@ void prefill(benchmark::State& state) {
       simple_gla<float>(q, k, v, g, o, p, {}, S);
     benchmark::DoNotOptimize(o.data());
   }
-  const double cf = form == LinearAttentionForm::kChunk ? chunk_flops(T, K, V) : recurrent_flops(T, K, V);
+  const double cf =
+      form == LinearAttentionForm::kChunk ? chunk_flops(T, K, V) : recurrent_flops(T, K, V);
   set_two_rates(state, H * cf, H * recurrent_flops(T, K, V));
 }
 
@@ -75,10 +77,12 @@ void prefill(benchmark::State& state) {
 void prefill_ssd(benchmark::State& state) {
   const int64_t T = state.range(0), H = 24, P = 64, N = 128;
   use_threads(static_cast<int>(state.range(1)));
-  const Tensor<float> x = random_tensor<float>({1, T, H, P}, 1), dt = random_tensor<float>({1, T, H}, 2, -3, 0),
-                      A = random_tensor<float>({H}, 3, -2, -0.5), Bm = random_tensor<float>({1, T, 1, N}, 4),
-                      Cm = random_tensor<float>({1, T, 1, N}, 5), dtb = random_tensor<float>({H}, 6, -1, 0),
-                      D = random_tensor<float>({H}, 7);
+  const Tensor<float> x = random_tensor<float>({1, T, H, P}, 1),
+                      dt = random_tensor<float>({1, T, H}, 2, -3, 0),
+                      A = random_tensor<float>({H}, 3, -2, -0.5),
+                      Bm = random_tensor<float>({1, T, 1, N}, 4),
+                      Cm = random_tensor<float>({1, T, 1, N}, 5),
+                      dtb = random_tensor<float>({H}, 6, -1, 0), D = random_tensor<float>({H}, 7);
   Tensor<float> y({1, T, H, P}), h({1, H, P, N});
   SsdParams<float> p;
   p.dt_softplus = true;
@@ -94,8 +98,8 @@ void prefill_ssd(benchmark::State& state) {
 // GLA, 1 GLA, 2 SSD (H = 24, P = 64, N = 128).
 template <int kind>
 void decode(benchmark::State& state) {
-  const int64_t past = state.range(0), K = kind == 2 ? 128 : state.range(1),
-                V = kind == 2 ? 64 : K, H = kind == 2 ? 24 : 16;
+  const int64_t past = state.range(0), K = kind == 2 ? 128 : state.range(1), V = kind == 2 ? 64 : K,
+                H = kind == 2 ? 24 : 16;
   use_threads(static_cast<int>(state.range(2)));
   LinearAttentionParams<float> p;
   SsdParams<float> ps;
@@ -107,7 +111,8 @@ void decode(benchmark::State& state) {
     const Tensor<float> g = kind == 1 ? random_tensor<float>({1, T, H, K}, seed + 3, -0.1, 0)
                                       : random_tensor<float>({1, T, H}, seed + 3, -0.1, 0);
     Tensor<float> o({1, T, H, V});
-    const TensorView<const float> s0 = with_state ? TensorView<const float>(S.view()) : TensorView<const float>{};
+    const TensorView<const float> s0 =
+        with_state ? TensorView<const float>(S.view()) : TensorView<const float>{};
     if (kind == 0) simple_gla<float>(q, k, v, g, o, p, s0, S);
     if (kind == 1) gla<float>(q, k, v, g, o, p, s0, S);
     if (kind == 2) ssd<float>(v, g, gA, k, q, {}, {}, {}, o, ps, s0, S);

@@ -22,10 +22,14 @@ namespace {
 enum class Op { kLinear, kSimple, kGamma, kGla };
 const char* op_name(Op op) {
   switch (op) {
-    case Op::kLinear: return "linear";
-    case Op::kSimple: return "simple_gla";
-    case Op::kGamma: return "simple_gla(gamma)";
-    case Op::kGla: return "gla";
+    case Op::kLinear:
+      return "linear";
+    case Op::kSimple:
+      return "simple_gla";
+    case Op::kGamma:
+      return "simple_gla(gamma)";
+    case Op::kGla:
+      return "gla";
   }
   return "?";
 }
@@ -39,9 +43,9 @@ struct Inputs {
 
 // q, k, v uniform in [-1, 1); log-gates uniform in [glo, ghi]; states when asked.
 template <class T>
-Inputs<T> make_inputs(Op op, int64_t B, int64_t Tn, int64_t H, int64_t K, int64_t V,
-                      uint64_t seed, int64_t N = -1, bool state = true, FeatureMap fm =
-                      FeatureMap::kIdentity, double glo = -0.5, double ghi = 0.0) {
+Inputs<T> make_inputs(Op op, int64_t B, int64_t Tn, int64_t H, int64_t K, int64_t V, uint64_t seed,
+                      int64_t N = -1, bool state = true, FeatureMap fm = FeatureMap::kIdentity,
+                      double glo = -0.5, double ghi = 0.0) {
   Inputs<T> in;
   if (N < 0) N = B;
   in.Kf = feature_dim(fm, K);
@@ -64,7 +68,8 @@ template <class T>
 Inputs<T> clone(const Inputs<T>& in) {
   Inputs<T> r;
   auto cp = [](const Tensor<T>& t) { return t.empty() ? Tensor<T>() : Tensor<T>::from(t.view()); };
-  r.q = cp(in.q), r.k = cp(in.k), r.v = cp(in.v), r.g = cp(in.g), r.S0 = cp(in.S0), r.z0 = cp(in.z0);
+  r.q = cp(in.q), r.k = cp(in.k), r.v = cp(in.v), r.g = cp(in.g), r.S0 = cp(in.S0),
+  r.z0 = cp(in.z0);
   r.gamma = in.gamma;
   r.Kf = in.Kf;
   return r;
@@ -143,9 +148,9 @@ TEST(LinearAttention, FormsAgreeDouble) {
       const auto ref = run(op, in, params<double>(LinearAttentionForm::kNaive));
       for (auto form : {LinearAttentionForm::kRecurrent, LinearAttentionForm::kChunk}) {
         const auto got = run(op, in, params<double>(form, 32));
-        SCOPED_TRACE(std::string(op_name(op)) + " T=" + std::to_string(s.T) + " K=" +
-                     std::to_string(s.K) + " V=" + std::to_string(s.V) + " form=" +
-                     std::to_string(int(form)));
+        SCOPED_TRACE(std::string(op_name(op)) + " T=" + std::to_string(s.T) +
+                     " K=" + std::to_string(s.K) + " V=" + std::to_string(s.V) +
+                     " form=" + std::to_string(int(form)));
         EXPECT_LT(rel_err(got.o, ref.o), 1e-11);
         EXPECT_LT(rel_err(got.S, ref.S), 1e-11);
       }
@@ -206,8 +211,8 @@ TEST(LinearAttention, FeatureMapsNormalizeNonCausal) {
           p.form = form;
           const auto got = run(Op::kLinear, in, p);
           SCOPED_TRACE(std::string(feature_map_name(fm)) + " causal=" + std::to_string(causal) +
-                       " normalize=" + std::to_string(normalize) + " form=" +
-                       std::to_string(int(form)));
+                       " normalize=" + std::to_string(normalize) +
+                       " form=" + std::to_string(int(form)));
           EXPECT_LT(rel_err(got.o, ref.o), 1e-11);
           EXPECT_LT(rel_err(got.S, ref.S), 1e-11);
           if (normalize) {
@@ -355,8 +360,8 @@ TEST(LinearAttention, StrongDecayFinite) {
 // T = 100000 (small H / K / V): finite and == recurrent.
 TEST(LinearAttention, VeryLongSequence) {
   for (Op op : {Op::kLinear, Op::kSimple, Op::kGla}) {
-    Inputs<float> in = make_inputs<float>(op, 1, 100000, 1, 8, 8, 1000, -1, false, FeatureMap::kIdentity,
-                                          -0.2, 0.0);
+    Inputs<float> in = make_inputs<float>(op, 1, 100000, 1, 8, 8, 1000, -1, false,
+                                          FeatureMap::kIdentity, -0.2, 0.0);
     auto p = params<float>(LinearAttentionForm::kRecurrent);
     if (op == Op::kLinear) {
       p.normalize = true;
@@ -437,7 +442,8 @@ TEST(LinearAttention, StridedViewsAndSharedQkHeads) {
   Tensor<double> q4({1, 40, 4, K}), k4({1, 40, 4, K});
   for (int64_t t = 0; t < 40; ++t)
     for (int64_t h = 0; h < 4; ++h)
-      for (int64_t i = 0; i < K; ++i) q4(0, t, h, i) = q1(0, t, 0, i), k4(0, t, h, i) = k1(0, t, 0, i);
+      for (int64_t i = 0; i < K; ++i)
+        q4(0, t, h, i) = q1(0, t, 0, i), k4(0, t, h, i) = k1(0, t, 0, i);
   Tensor<double> oa({1, 40, 4, V}), ob({1, 40, 4, V});
   LinearAttentionParams<double> pd;
   simple_gla<double>(q1, k1, v4, g4, oa, pd);

@@ -30,8 +30,8 @@ TensorView<const T> opt(const Tensor<T>& t) {
 
 // dhp: D is [H, P] (else [H]); full: D, z and dt_bias present.
 template <class T>
-SsdInputs<T> make(int64_t B, int64_t Tn, int64_t H, int64_t P, int64_t G, int64_t N,
-                  uint64_t seed, bool full, bool dhp, int64_t nstate = -1) {
+SsdInputs<T> make(int64_t B, int64_t Tn, int64_t H, int64_t P, int64_t G, int64_t N, uint64_t seed,
+                  bool full, bool dhp, int64_t nstate = -1) {
   SsdInputs<T> in;
   if (nstate < 0) nstate = B;
   in.x = random_tensor<T>({B, Tn, H, P}, seed);
@@ -62,11 +62,10 @@ SsdOut<T> run(const SsdInputs<T>& in, SsdParams<T> p, bool reference = false,
   SsdOut<T> o{Tensor<T>({B, Tn, H, P}), Tensor<T>({ns, H, P, N})};
   const auto h0 = use_state ? opt(in.h0) : TensorView<const T>{};
   if (reference)
-    ssd_naive<T>(in.x, in.dt, in.A, in.Bm, in.Cm, opt(in.D), opt(in.dt_bias), opt(in.z), o.y, p,
-                 h0, o.h);
+    ssd_naive<T>(in.x, in.dt, in.A, in.Bm, in.Cm, opt(in.D), opt(in.dt_bias), opt(in.z), o.y, p, h0,
+                 o.h);
   else
-    ssd<T>(in.x, in.dt, in.A, in.Bm, in.Cm, opt(in.D), opt(in.dt_bias), opt(in.z), o.y, p, h0,
-           o.h);
+    ssd<T>(in.x, in.dt, in.A, in.Bm, in.Cm, opt(in.D), opt(in.dt_bias), opt(in.z), o.y, p, h0, o.h);
   return o;
 }
 
@@ -89,7 +88,8 @@ TEST(Ssd, FormsAgreeWithReferenceDouble) {
                         {257, 2, 16, 1, 16, false, false, false, true}};
   uint64_t seed = 10;
   for (const Case& c : cases) {
-    const SsdInputs<double> in = make<double>(2, c.T, c.H, c.P, c.G, c.N, seed += 20, c.full, c.dhp);
+    const SsdInputs<double> in =
+        make<double>(2, c.T, c.H, c.P, c.G, c.N, seed += 20, c.full, c.dhp);
     SsdParams<double> p;
     p.dt_softplus = c.softplus;
     if (c.limit) p.dt_min = 0.05, p.dt_max = 0.12;
@@ -162,10 +162,17 @@ TEST(Ssd, VarlenEqualsSeparateCalls) {
     ps.dt_softplus = true;
     for (int64_t n = 0; n < 3; ++n) {
       const int64_t a = cu[n], b = cu[n + 1];
-      auto sl = [&](const Tensor<double>& t) { return Tensor<double>::from(t.view().slice(1, a, b)); };
-      SsdInputs<double> s{sl(in.x), sl(in.dt), Tensor<double>::from(in.A.view()), sl(in.Bm),
-                          sl(in.Cm), Tensor<double>::from(in.D.view()),
-                          Tensor<double>::from(in.dt_bias.view()), sl(in.z),
+      auto sl = [&](const Tensor<double>& t) {
+        return Tensor<double>::from(t.view().slice(1, a, b));
+      };
+      SsdInputs<double> s{sl(in.x),
+                          sl(in.dt),
+                          Tensor<double>::from(in.A.view()),
+                          sl(in.Bm),
+                          sl(in.Cm),
+                          Tensor<double>::from(in.D.view()),
+                          Tensor<double>::from(in.dt_bias.view()),
+                          sl(in.z),
                           Tensor<double>::from(in.h0.view().slice(0, n, n + 1))};
       const auto r = run(s, ps, reference);
       EXPECT_LT(max_abs_diff(r.y, Tensor<double>::from(packed.y.view().slice(1, a, b))), 1e-12);

@@ -27,8 +27,7 @@ GoldenOutputs run_forms(const GoldenCase& c,
                         const std::function<GoldenOutputs(LinearAttentionForm)>& run) {
   const json tol = c.meta.value("recommended_tolerance_float32", json::object());
   const double rtol = tol.value("rtol", 1e-4), atol = tol.value("atol", 1e-5);
-  const LinearAttentionForm forms[] = {LinearAttentionForm::kNaive,
-                                       LinearAttentionForm::kRecurrent,
+  const LinearAttentionForm forms[] = {LinearAttentionForm::kNaive, LinearAttentionForm::kRecurrent,
                                        LinearAttentionForm::kChunk};
   const char* names[] = {"naive", "recurrent", "chunk"};
   GoldenOutputs result;
@@ -37,7 +36,8 @@ GoldenOutputs run_forms(const GoldenCase& c,
     for (const auto& kv : c.meta.at("expected_outputs").items()) {
       const std::string& name = kv.key();
       check(got.count(name) == 1, names[f], " form: no output '", name, "'");
-      const Tensor<double> want = io::load_npy<double>(c.dir + "/" + kv.value().at("file").get<std::string>());
+      const Tensor<double> want =
+          io::load_npy<double>(c.dir + "/" + kv.value().at("file").get<std::string>());
       const CompareResult r = compare_output(got.at(name), want, false, rtol, atol);
       check(r.ok, names[f], " form: ", name, ": ", r.message);
     }
@@ -98,8 +98,7 @@ EFFATTN_GOLDEN_HANDLER(simple_gla) { return run_engine_case(c, DecayKind::kScala
 EFFATTN_GOLDEN_HANDLER(gla) { return run_engine_case(c, DecayKind::kChannel); }
 
 EFFATTN_GOLDEN_HANDLER(ssd) {
-  const Tensor<float> x = c.in("x"), dt = c.in("dt"), A = c.in("A"), Bm = c.in("B"),
-                      Cm = c.in("C");
+  const Tensor<float> x = c.in("x"), dt = c.in("dt"), A = c.in("A"), Bm = c.in("B"), Cm = c.in("C");
   Tensor<float> dt_bias, D, z, h0;
   if (c.has("dt_bias")) dt_bias = c.in("dt_bias");
   if (c.has("D")) D = c.in("D");

@@ -1,9 +1,11 @@
 // Softmax attention, decode (flash-decoding / split-K): few queries, long keys. The keys of each
 // sequence are cut into splits of `decode_split` keys; one work item computes the partial state
-// {m, l, o} of all Hq*Tq query rows over its split (the G query heads sharing a kv head read
-// each key row once), and the partials are then merged by their running
-// max, in split order (so the result does not depend on the thread count). Vectorised along
-// the head dims (dot / axpy), since there are too few queries to fill SIMD lanes.
+// {m, l, o} of all Hq*Tq query rows over its split, streaming whole key rows [Hkv, K] in order
+// (the G query heads sharing a kv head read each key row once). The partials are then merged
+// by their running max, in split order, so the result does not depend on the thread count.
+// Scores: 4 query rows x (L/4) keys per register block, reduced with one transposing sum;
+// the online softmax runs across query rows in SIMD lanes; P.V is the prefill micro-kernel.
+// bf16 keys / values are widened inside the loads (no conversion pass).
 //
 // merge_states(o_a, lse_a, o_b, lse_b) is the same merge on normalised outputs.
 #pragma once

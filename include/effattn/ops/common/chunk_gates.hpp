@@ -96,8 +96,7 @@ inline void chunk_local_cumsum(TensorView<const T> g, int64_t chunk, TensorView<
   }
   check_inner_contiguous("chunk_local_cumsum", "g", g);
   check_inner_contiguous("chunk_local_cumsum", "out", out);
-  chunk_local_cumsum(g.data(), g.size(0), g.size(1), g.stride(0), chunk, out.data(),
-                     out.stride(0));
+  chunk_local_cumsum(g.data(), g.size(0), g.size(1), g.stride(0), chunk, out.data(), out.stride(0));
 }
 
 // Which entries of the lower triangle survive the mask.

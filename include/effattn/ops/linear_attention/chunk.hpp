@@ -126,7 +126,8 @@ bool intra_channel(int64_t n, int64_t Kf, const T* Q, const T* K, const T* G, T*
       std::fill(a + i + 1, a + n, T(0));
     }
     if (i0 > 0) {  // Qr was relative to R: restore Qe = Q exp(G) for these rows
-      for (int64_t i = i0; i < i1; ++i) mul_exp_diff<T>(Q + i * Kf, G + i * Kf, nullptr, Qe + i * Kf, Kf);
+      for (int64_t i = i0; i < i1; ++i)
+        mul_exp_diff<T>(Q + i * Kf, G + i * Kf, nullptr, Qe + i * Kf, Kf);
     }
   }
   return one_block;
@@ -175,10 +176,10 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io, const T* shared = null
     z[i] = io.z0 ? io.z0[i * io.z0_st] : T(0);
     for (int64_t j = 0; j < V; ++j) S[i * V + j] = io.s0 ? io.s0[i * io.s0_k + j * io.s0_v] : T(0);
   }
-  T* Q = w.Q.data();  // [C, Kf]
-  T* Kc = w.K.data();  // [C, Kf]
-  T* A = w.A.data();  // [C, C]
-  T* G = w.G.data();  // [C] or [C, Kf]
+  T* Q = w.Q.data();    // [C, Kf]
+  T* Kc = w.K.data();   // [C, Kf]
+  T* A = w.A.data();    // [C, C]
+  T* G = w.G.data();    // [C] or [C, Kf]
   T* Kd = w.Kd.data();  // [C, Kf] decayed keys for the state update
 
   auto gather = [&](int64_t c0, int64_t n, bool need_q, bool need_k, const T*& vptr, int64_t& ldv) {
@@ -287,7 +288,8 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io, const T* shared = null
         if (one_block)  // Kd_j = (K_j exp(-G_j)) exp(G_last): a product instead of n Kf exps
           for (int64_t j = 0; j < n; ++j) simd::mul(w.Kr.data() + j * Kf, el, Kd + j * Kf, Kf);
         else
-          for (int64_t j = 0; j < n; ++j) mul_exp_diff(Kc + j * Kf, gl, G + j * Kf, Kd + j * Kf, Kf);
+          for (int64_t j = 0; j < n; ++j)
+            mul_exp_diff(Kc + j * Kf, gl, G + j * Kf, Kd + j * Kf, Kf);
         Kuse = Kd;
         for (int64_t k = 0; k < Kf; ++k) {
           simd::scale(el[k], S + k * V, V);

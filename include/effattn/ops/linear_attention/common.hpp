@@ -2,9 +2,9 @@
 // every front end (linear attention, simple GLA / RetNet / Lightning, GLA, Mamba-2 SSD):
 //
 //   S_t = Decay_t S_{t-1} + phi(k_t) (c_t v_t)^T        S [Kf, V] per (sequence, head)
-//   o_t = scale S_t^T phi(q_t)                          (/ (scale phi(q_t).z_t + eps) with normalize)
-//   Decay_t = 1 (none), exp(m_h g_t) (scalar, g [B,T,H], or a constant gamma_h), diag(exp(g_t))
-//   (channel, g [B,T,H,Kf]); z_t = Decay_t z_{t-1} + phi(k_t).
+//   o_t = scale S_t^T phi(q_t)                          (/ (scale phi(q_t).z_t + eps) with
+//   normalize) Decay_t = 1 (none), exp(m_h g_t) (scalar, g [B,T,H], or a constant gamma_h),
+//   diag(exp(g_t)) (channel, g [B,T,H,Kf]); z_t = Decay_t z_{t-1} + phi(k_t).
 //
 // c_t (v_scale [B,T,H], SSD's dt) and m_h (gate_mul [H], SSD's A) exist for the SSD front end.
 // q / k may have fewer heads than v (Hqk divides H; head h reads q/k head h / (H / Hqk)):
@@ -33,9 +33,9 @@ enum class LinearAttentionForm { kAuto, kChunk, kRecurrent, kNaive };
 template <class T>
 struct LinearAttentionParams {
   FeatureMap feature_map = FeatureMap::kIdentity;  // applied to q and k (any op)
-  T scale = 0;              // <= 0: Kf^-1/2 (Kf = feature size after the map)
-  bool causal = true;       // false: S = S0 + sum over the whole sequence (decay none only)
-  bool normalize = false;   // divide by scale phi(q).z + eps (z state)
+  T scale = 0;             // <= 0: Kf^-1/2 (Kf = feature size after the map)
+  bool causal = true;      // false: S = S0 + sum over the whole sequence (decay none only)
+  bool normalize = false;  // divide by scale phi(q).z + eps (z state)
   T eps = T(1e-10);
   std::vector<T> gamma;     // simple_gla without g: constant per-head log decay [H] (RetNet)
   int64_t chunk_size = 64;  // tokens per chunk of the chunk form
@@ -54,8 +54,8 @@ inline constexpr double kMinParallelWork = 1 << 15;
 template <class T>
 struct Problem {
   const char* op = "linear_attention";
-  TensorView<const T> q, k;  // [B, T, Hqk, K] raw (before the feature map)
-  TensorView<const T> v;     // [B, T, H, V]
+  TensorView<const T> q, k;     // [B, T, Hqk, K] raw (before the feature map)
+  TensorView<const T> v;        // [B, T, H, V]
   TensorView<const T> v_scale;  // empty or [B, T, H]: v_t multiplied by it
   TensorView<const T> g;        // empty, [B, T, H] (scalar) or [B, T, H, Kf] (channel)
   const T* gate_mul = nullptr;  // [H] or null: scalar gate = gate_mul[h] * g
@@ -103,8 +103,8 @@ void validate(Problem<T>& p, const std::vector<int64_t>& cu_seqlens) {
   p.H = p.v.size(2);
   p.V = p.v.size(3);
   check_shape(op, "v", p.v, {p.B, p.T_, -1, -1}, "[B, T, H, V]");
-  check(p.Hqk > 0 && p.H % p.Hqk == 0, op, ": v has ", p.H, " heads, not a multiple of the ",
-        p.Hqk, " heads of q/k");
+  check(p.Hqk > 0 && p.H % p.Hqk == 0, op, ": v has ", p.H, " heads, not a multiple of the ", p.Hqk,
+        " heads of q/k");
   check(p.K > 0 && p.V > 0, op, ": K and V must be > 0 (q ", p.q.shape().str(), ", v ",
         p.v.shape().str(), ")");
   p.Kf = feature_dim(p.fm, p.K);

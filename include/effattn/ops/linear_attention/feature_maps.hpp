@@ -23,10 +23,14 @@ enum class FeatureMap { kIdentity, kEluPlus1, kRelu, kBasedTaylor };
 
 inline const char* feature_map_name(FeatureMap f) {
   switch (f) {
-    case FeatureMap::kIdentity: return "identity";
-    case FeatureMap::kEluPlus1: return "elu_plus_1";
-    case FeatureMap::kRelu: return "relu";
-    case FeatureMap::kBasedTaylor: return "based_taylor";
+    case FeatureMap::kIdentity:
+      return "identity";
+    case FeatureMap::kEluPlus1:
+      return "elu_plus_1";
+    case FeatureMap::kRelu:
+      return "relu";
+    case FeatureMap::kBasedTaylor:
+      return "based_taylor";
   }
   return "?";
 }
@@ -50,7 +54,7 @@ inline void apply_feature_map(FeatureMap f, const T* x, int64_t K, T mul, T* y) 
       for (int64_t i = 0; i < K; ++i) y[i] = mul * (x[i] > T(0) ? x[i] : T(0));
       return;
     case FeatureMap::kBasedTaylor: {
-      const T r1 = mul / std::sqrt(std::sqrt(T(K)));       // 1 / K^(1/4)
+      const T r1 = mul / std::sqrt(std::sqrt(T(K)));           // 1 / K^(1/4)
       const T r2 = mul / (std::sqrt(T(2)) * std::sqrt(T(K)));  // 1 / (sqrt 2 sqrt K)
       y[0] = mul;
       for (int64_t i = 0; i < K; ++i) y[1 + i] = r1 * x[i];

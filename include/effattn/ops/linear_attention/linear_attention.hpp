@@ -121,8 +121,8 @@ void simple_gla(TensorView<const T> q, TensorView<const T> k, TensorView<const T
 
 // GLA: per-channel decay g [B, T, H, K] (log space, <= 0).
 template <class T>
-void gla(TensorView<const T> q, TensorView<const T> k, TensorView<const T> v,
-         TensorView<const T> g, TensorView<T> o, const LinearAttentionParams<T>& params = {},
+void gla(TensorView<const T> q, TensorView<const T> k, TensorView<const T> v, TensorView<const T> g,
+         TensorView<T> o, const LinearAttentionParams<T>& params = {},
          TensorView<const T> initial_state = {}, TensorView<T> final_state = {},
          TensorView<const T> z0 = {}, TensorView<T> z_final = {}) {
   linattn_detail::Problem<T> p;

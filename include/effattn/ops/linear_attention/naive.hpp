@@ -48,7 +48,8 @@ void run_naive(const Problem<T>& p) {
           else if (p.decay == DecayKind::kChannel)
             a = std::exp(p.g(b, t, h, i));
           z[i] = a * z[i] + kf[i];
-          for (int64_t j = 0; j < V; ++j) S[i * V + j] = a * S[i * V + j] + kf[i] * c * p.v(b, t, h, j);
+          for (int64_t j = 0; j < V; ++j)
+            S[i * V + j] = a * S[i * V + j] + kf[i] * c * p.v(b, t, h, j);
         }
       };
       // o_t = scale S^T phi(q_t)  (/ (scale phi(q_t).z + eps))

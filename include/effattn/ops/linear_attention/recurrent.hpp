@@ -87,7 +87,8 @@ void recurrent_head(const Problem<T>& p, const HeadIO<T>& io) {
   if (io.s0 == nullptr) {
     for (int64_t r = 0; r < rows; ++r) std::fill(S + r * ld, S + r * ld + cols, T(0));
   } else if (io.s0 != S) {
-    for (int64_t r = 0; r < rows; ++r) std::copy(io.s0 + r * in_ld, io.s0 + r * in_ld + cols, S + r * ld);
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(io.s0 + r * in_ld, io.s0 + r * in_ld + cols, S + r * ld);
   }
   // z [Kf]: in z_final, or scratch.
   std::vector<T> zbuf;
@@ -160,8 +161,7 @@ void recurrent_head(const Problem<T>& p, const HeadIO<T>& io) {
 template <class T>
 void run_recurrent(const Problem<T>& p) {
   parallel_for(
-      0, p.N * p.H, [&](int64_t i) { recurrent_head(p, head_io(p, i / p.H, i % p.H)); },
-      p.threads);
+      0, p.N * p.H, [&](int64_t i) { recurrent_head(p, head_io(p, i / p.H, i % p.H)); }, p.threads);
 }
 
 }  // namespace linattn_detail
