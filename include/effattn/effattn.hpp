@@ -8,5 +8,8 @@
 #include "effattn/core/tensor.hpp"
 #include "effattn/simd/simd.hpp"
 #include "effattn/ops/common/gemm.hpp"
+#include "effattn/ops/common/rope.hpp"
+#include "effattn/ops/attention/attention.hpp"
+#include "effattn/ops/attention/kv_cache.hpp"
 #include "effattn/io/safetensors.hpp"
 #include "effattn/io/npy.hpp"
