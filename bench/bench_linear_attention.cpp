@@ -5,7 +5,8 @@
 //                                     B = 1, H = 16, K = V in {64, 128}, T in {2048, 8192, 65536}
 //   prefill_gla_recurrent             recurrent form over the same prefill (recurrent_head), the
 //                                     baseline the chunk form must beat by >= 2x
-//   prefill_ssd                       ssd() -> chunk form with the [P, N] state, H = 24, P = 64,
+//   prefill_ssd                       ssd() -> shared group scores + chunk form, [P, N] state, H =
+//   24, P = 64,
 //                                     N = 128, G = 1, T in {2048, 16384}
 //   decode_*                          one token from a state (recurrent form, in place), after a
 //                                     prefill of `past` tokens: the cost must not depend on it
@@ -91,7 +92,14 @@ void prefill_ssd(benchmark::State& state) {
     ssd<float>(x, dt, A, Bm, Cm, D, dtb, {}, y, p, {}, h);
     benchmark::DoNotOptimize(y.data());
   }
-  set_two_rates(state, H * chunk_flops(T, N, P), H * recurrent_flops(T, N, P));
+  // The scores C B^T (2 n^2 N per chunk) are computed once for the G = 1 group and shared by
+  // the H heads; each head does A V (2 n^2 P), C S and B^T X (4 n N P).
+  double f = 0;
+  for (int64_t c0 = 0; c0 < T; c0 += kChunk) {
+    const double n = double(std::min(kChunk, T - c0));
+    f += 2 * n * n * N + H * (2 * n * n * P + 4 * n * N * P);
+  }
+  set_two_rates(state, f, H * recurrent_flops(T, N, P));
 }
 
 // One decode token after `past` prefill tokens. Args: {past, K (= V), threads}. kind: 0 simple

@@ -84,6 +84,28 @@ TEST(Gemm, PointerFormMatchesViewForm) {
   EXPECT_EQ(effattn::testing::max_abs_diff(c1, c2), 0.0);
 }
 
+TEST(Gemm, ThreadsSplitPanelsWithoutChangingTheResult) {
+  // Big enough to split (work > 4e6); both split directions; broadcast (stride 0) rows gathered.
+  for (auto [M, N] : {std::pair{300, 70}, std::pair{70, 300}}) {
+    auto a = random_tensor<float>(Shape{M, 190}, 7), b = random_tensor<float>(Shape{190, N}, 8);
+    Tensor<float> c1({M, N}), c2({M, N});
+    gemm<float>(a.view(), Trans::kNo, b.view(), Trans::kNo, c1.view(), 1.0f, 0.0f, 1);
+    gemm<float>(a.view(), Trans::kNo, b.view(), Trans::kNo, c2.view(), 1.0f, 0.0f, 2);
+    EXPECT_EQ(effattn::testing::max_abs_diff(c1, c2), 0.0);
+  }
+  Tensor<double> row({1, 5}), b({5, 3}), c({4, 3});
+  for (int i = 0; i < 5; ++i) row(0, i) = i + 1;
+  for (int i = 0; i < 15; ++i) b.data()[i] = i % 4;
+  const TensorView<const double> bcast(row.data(), Shape{4, 5}, {0, 1});  // 4 copies of row
+  gemm<double>(bcast, Trans::kNo, b.view(), Trans::kNo, c.view());
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 3; ++j) {
+      double s = 0;
+      for (int p = 0; p < 5; ++p) s += row(0, p) * b(p, j);
+      EXPECT_EQ(c(i, j), s);
+    }
+}
+
 TEST(Gemm, ShapeErrorsNameTheOperands) {
   Tensor<float> a({3, 4}), b({5, 6}), c({3, 6});
   try {

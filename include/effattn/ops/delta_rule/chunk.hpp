@@ -55,33 +55,6 @@ void unit_lower_inverse(const T* A, T* Tm, int64_t ld, int64_t c) {
   }
 }
 
-// Runs f(i) for the n (sequence, head) tasks with every product inside serial. Eigen
-// parallelises a product on its own when it is called outside an OpenMP team; for the chunk
-// form's many small products that costs far more than it gains (measured 50x slower with
-// num_threads = 1 on a busy 2-core machine). When parallel_for would run the tasks serially,
-// they run in a one-thread team whose own thread-count ICV is 1, so Eigen::nbThreads() reads 1
-// there (unless the user pinned Eigen with Eigen::setNbThreads).
-template <class F>
-void run_tasks_serial_products(int64_t n, F&& f, int num_threads) {
-#if defined(_OPENMP)
-  if (!omp_in_parallel() && (get_num_threads(num_threads) <= 1 || n <= 1)) {
-    std::exception_ptr err;
-#pragma omp parallel num_threads(1)
-    {
-      omp_set_num_threads(1);
-      try {
-        for (int64_t i = 0; i < n; ++i) f(i);
-      } catch (...) {
-        err = std::current_exception();
-      }
-    }
-    if (err) std::rethrow_exception(err);
-    return;
-  }
-#endif
-  parallel_for(0, n, f, num_threads);
-}
-
 template <class T, DeltaRuleGate G>
 void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
                 const TensorView<const T>& v, const TensorView<const T>& beta,
@@ -95,7 +68,7 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
   constexpr bool kChan = G == DeltaRuleGate::kChannel;
   const int64_t GK = kChan ? K : 1;  // gate row length
 
-  run_tasks_serial_products(
+  parallel_for(
       pr.N * pr.HV,
       [&](int64_t task) {
         const int64_t n = task / pr.HV, hv = task % pr.HV, b = pr.batch(n);
