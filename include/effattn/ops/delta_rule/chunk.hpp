@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <exception>
 #include <limits>
 #include <vector>
 
@@ -69,7 +68,7 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
   const int64_t GK = kChan ? K : 1;  // gate row length
 
   parallel_for(
-      pr.N * pr.HV,
+      0, pr.N * pr.HV,
       [&](int64_t task) {
         const int64_t n = task / pr.HV, hv = task % pr.HV, b = pr.batch(n);
         // Per-task scratch, allocated once.
