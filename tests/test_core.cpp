@@ -47,6 +47,14 @@ TEST(Tensor, CopyIsDeep) {
   EXPECT_EQ(a(1), 2.0);
   a = b;
   EXPECT_EQ(a(1), 5.0);
+  // A default-constructed (empty) tensor copies as empty; a 0-d tensor holds one element.
+  Tensor<float> none;
+  Tensor<float> none2 = none;
+  EXPECT_TRUE(none2.empty());
+  Tensor<float> scalar{Shape{}};
+  scalar.data()[0] = 3.0f;
+  Tensor<float> scalar2 = scalar;
+  EXPECT_EQ(scalar2.data()[0], 3.0f);
 }
 
 TEST(TensorView, SelectHeadWithoutCopy) {

@@ -201,6 +201,7 @@ class Tensor {
   explicit Tensor(const Shape& shape) : shape_(shape) { allocate(); }
   Tensor(std::initializer_list<int64_t> dims) : Tensor(Shape(dims)) {}
   Tensor(const Tensor& o) : shape_(o.shape_) {
+    if (o.empty()) return;  // a default-constructed tensor copies as empty
     allocate();
     if (numel()) std::memcpy(data(), o.data(), sizeof(T) * numel());
   }

@@ -140,6 +140,24 @@ int64_t conv_tile_rows(const T* const* rows, int64_t nt, const T* wT, const T* z
 }
 #endif
 
+#if EFFATTN_HAS_SIMD
+// The SIMD tiles for a runtime width <= kConvMaxW (one instantiation per width): the prefill
+// tile when wT is given, else the decode tile. Returns the first channel left for the scalar
+// loop (0 for wider W).
+template <class T, int W = 1>
+int64_t conv_simd(int64_t width, const T* const* r, int64_t nt, const TensorView<const T>& w,
+                  const T* wT, const T* zeros, const T* bias, bool silu, int64_t D, T* y,
+                  int64_t ys) {
+  if constexpr (W > kConvMaxW) {
+    return 0;
+  } else {
+    if (width != W) return conv_simd<T, W + 1>(width, r, nt, w, wT, zeros, bias, silu, D, y, ys);
+    return wT ? conv_tile_rows<T, W>(r, nt, wT, zeros, bias, silu, D, y, ys)
+              : conv_tile_window<T, W>(r, nt, w, bias, silu, D, y, ys);
+  }
+}
+#endif
+
 // One work item: tokens [ta, tb) of sequence q, all channels. With wT (transposed weights
 // [W + 1, D], last row zeros) the row-streaming prefill tile, else the decode tile.
 template <class T>
@@ -168,36 +186,7 @@ void conv_item(const ConvArgs& a, const Seq& q, int64_t ta, int64_t tb,
   const int64_t ys = y.stride(1);
   int64_t d = 0;
 #if EFFATTN_HAS_SIMD
-  if (wT) {
-    const T* zeros = wT + a.W * a.D;
-    switch (a.W) {
-#define EFFATTN_CONV_CASE(n)                                             \
-  case n:                                                                \
-    d = conv_tile_rows<T, n>(r, nt, wT, zeros, bias, silu, a.D, y0, ys); \
-    break;
-      EFFATTN_CONV_CASE(1)
-      EFFATTN_CONV_CASE(2)
-      EFFATTN_CONV_CASE(3)
-      EFFATTN_CONV_CASE(4)
-      EFFATTN_CONV_CASE(5) EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7) EFFATTN_CONV_CASE(8)
-#undef EFFATTN_CONV_CASE
-          default : break;
-    }
-  } else {
-    switch (a.W) {
-#define EFFATTN_CONV_CASE(n)                                       \
-  case n:                                                          \
-    d = conv_tile_window<T, n>(r, nt, w, bias, silu, a.D, y0, ys); \
-    break;
-      EFFATTN_CONV_CASE(1)
-      EFFATTN_CONV_CASE(2)
-      EFFATTN_CONV_CASE(3)
-      EFFATTN_CONV_CASE(4)
-      EFFATTN_CONV_CASE(5) EFFATTN_CONV_CASE(6) EFFATTN_CONV_CASE(7) EFFATTN_CONV_CASE(8)
-#undef EFFATTN_CONV_CASE
-          default : break;
-    }
-  }
+  d = conv_simd<T>(a.W, r, nt, w, wT, wT ? wT + a.W * a.D : nullptr, bias, silu, a.D, y0, ys);
 #else
   (void)wT;
 #endif
