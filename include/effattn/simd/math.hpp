@@ -27,6 +27,16 @@ inline constexpr float kLn2Lo = -2.12194440e-4f;
 inline constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f,
                        kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
 
+// a * b + c as the vector path computes it: one rounding with hardware FMA, two without (so
+// the scalar tail matches xsimd::fma on every ISA and never calls a software fma).
+inline float fmadd(float a, float b, float c) {
+#if defined(__FMA__) || defined(__FMA4__) || defined(__aarch64__)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 inline float pow2i(int32_t n) {  // 2^n for n in [-126, 127]
   const int32_t bits = (n + 127) << 23;
   float f;
@@ -40,15 +50,15 @@ inline float exp_scalar(float x) {
   if (!(x < kExpHi)) return x != x ? x : std::numeric_limits<float>::infinity();
   if (x < kExpLo) return 0.0f;
   const float n = std::nearbyint(x * kLog2e);
-  float r = std::fma(-n, kLn2Hi, x);
-  r = std::fma(-n, kLn2Lo, r);
+  float r = fmadd(-n, kLn2Hi, x);
+  r = fmadd(-n, kLn2Lo, r);
   float p = kP0;
-  p = std::fma(p, r, kP1);
-  p = std::fma(p, r, kP2);
-  p = std::fma(p, r, kP3);
-  p = std::fma(p, r, kP4);
-  p = std::fma(p, r, kP5);
-  const float y = std::fma(p, r * r, r + 1.0f);
+  p = fmadd(p, r, kP1);
+  p = fmadd(p, r, kP2);
+  p = fmadd(p, r, kP3);
+  p = fmadd(p, r, kP4);
+  p = fmadd(p, r, kP5);
+  const float y = fmadd(p, r * r, r + 1.0f);
   const int32_t ni = static_cast<int32_t>(n), n1 = ni >> 1;
   return y * pow2i(n1) * pow2i(ni - n1);
 }
