@@ -270,7 +270,8 @@ TEST(DeltaRule, StrongDecayAndLongSequences) {
 
 // Results do not depend on the thread count.
 TEST(DeltaRule, ThreadsAgree) {
-  const auto pb = make_problem<float>(2, 130, 2, 4, 40, 40, DeltaRuleGate::kChannel, 9);
+  // Large enough (B*T*HV*K*V > 2^22) that the recurrent form really uses 2 threads.
+  const auto pb = make_problem<float>(2, 400, 2, 4, 40, 40, DeltaRuleGate::kChannel, 9);
   for (DeltaRuleAlgo a : {DeltaRuleAlgo::kRecurrent, DeltaRuleAlgo::kChunk}) {
     DeltaRuleParams<float> p;
     p.use_qk_l2norm = true;

@@ -28,7 +28,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <exception>
 #include <memory>
 #include <vector>
 
@@ -40,9 +39,6 @@
 #include "effattn/ops/moe/params.hpp"
 #include "effattn/simd/simd.hpp"
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 #if EFFATTN_HAS_SIMD && (defined(__AVX512F__) || defined(__AVX2__))
 #include <immintrin.h>
 #endif
@@ -287,30 +283,9 @@ void run_tiles(const std::vector<Tile>& tiles, int num_threads, Body&& body) {
     for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < n;)
       body(tiles[t], scratch);
   };
-  if (workers > 1) {
-    parallel_for(0, workers, work, workers);  // inside the region Eigen's gemm runs serially
-    return;
-  }
-#if defined(_OPENMP)
-  if (!omp_in_parallel()) {
-    // One worker: keep Eigen from spreading a tile's gemm over the default thread count (the
-    // caller asked for one thread, and a split product would round differently from the
-    // multi-worker run). Eigen reads omp_get_max_threads() unless Eigen::setNbThreads was set.
-    std::exception_ptr err;
-#pragma omp parallel num_threads(1)
-    {
-      omp_set_num_threads(1);
-      try {
-        work(0);
-      } catch (...) {
-        err = std::current_exception();
-      }
-    }
-    if (err) std::rethrow_exception(err);
-    return;
-  }
-#endif
-  work(0);
+  // gemm() runs each tile's products on the worker's own thread, so the result is the same
+  // for any number of workers.
+  parallel_for(0, workers, work, workers);
 }
 
 }  // namespace detail
