@@ -98,16 +98,16 @@ inline void roofline_triad(benchmark::State& state) {
 }  // namespace effattn::bench
 
 // Registers the same-run roofline beside a binary's own cases (small sizes: a few seconds).
-#define EFFATTN_BENCH_ROOFLINE()                                                    \
-  BENCHMARK(effattn::bench::roofline_sgemm)                                         \
-      ->ArgNames({"n", "threads"})                                                  \
-      ->Args({1024, 1})                                                             \
-      ->Args({1024, 2})                                                             \
-      ->Unit(benchmark::kMillisecond)                                               \
-      ->UseRealTime();                                                              \
-  BENCHMARK(effattn::bench::roofline_triad)                                         \
-      ->ArgNames({"MiB", "threads"})                                                \
-      ->Args({256, 1})                                                              \
-      ->Args({256, 2})                                                              \
-      ->Unit(benchmark::kMillisecond)                                               \
+#define EFFATTN_BENCH_ROOFLINE()            \
+  BENCHMARK(effattn::bench::roofline_sgemm) \
+      ->ArgNames({"n", "threads"})          \
+      ->Args({1024, 1})                     \
+      ->Args({1024, 2})                     \
+      ->Unit(benchmark::kMillisecond)       \
+      ->UseRealTime();                      \
+  BENCHMARK(effattn::bench::roofline_triad) \
+      ->ArgNames({"MiB", "threads"})        \
+      ->Args({256, 1})                      \
+      ->Args({256, 2})                      \
+      ->Unit(benchmark::kMillisecond)       \
       ->UseRealTime()

@@ -114,8 +114,8 @@ TEST(Check, ShapeMessageNamesArgumentShapeAndExpectation) {
   EXPECT_NE(msg.find("attention"), std::string::npos) << msg;
   EXPECT_NE(msg.find("k has shape [2, 37, 3, 16]"), std::string::npos) << msg;
   EXPECT_NE(msg.find("[B, Tk, Hkv, K] = [2, *, 3, 32]"), std::string::npos) << msg;
-  EXPECT_NO_THROW(check_shape("attention", "k", TensorView<const float>(k.view()),
-                              {2, -1, 3, 16}, "[B, Tk, Hkv, K]"));
+  EXPECT_NO_THROW(check_shape("attention", "k", TensorView<const float>(k.view()), {2, -1, 3, 16},
+                              "[B, Tk, Hkv, K]"));
   // Wrong rank and a missing tensor are errors too.
   EXPECT_THROW(check_shape("op", "x", TensorView<const float>(k.view()), {2, 37, 3}, "[B, T, H]"),
                Error);
@@ -133,7 +133,8 @@ TEST(Parallel, CoversEveryIndexOnceAnyThreadCount) {
   for (int threads : {1, 2, 3}) {
     for (int64_t n : {0, 1, 7, 1000}) {
       std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
-      parallel_for(0, n, [&](int64_t i) { hits[size_t(i)]++; }, threads, 3);
+      parallel_for(
+          0, n, [&](int64_t i) { hits[size_t(i)]++; }, threads, 3);
       for (auto& h : hits) EXPECT_EQ(h.load(), 1);
       std::vector<std::atomic<int>> hits2(static_cast<size_t>(n));
       parallel_for_range(

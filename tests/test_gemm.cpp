@@ -21,8 +21,8 @@ double at(const TensorView<const T>& x, Trans t, int64_t i, int64_t j) {
 template <class T>
 void check_case(int64_t M, int64_t N, int64_t K, Trans ta, Trans tb, double alpha, double beta,
                 int layout, double tol) {
-  SCOPED_TRACE(::testing::Message() << "M=" << M << " N=" << N << " K=" << K << " ta="
-                                    << int(ta) << " tb=" << int(tb) << " layout=" << layout);
+  SCOPED_TRACE(::testing::Message() << "M=" << M << " N=" << N << " K=" << K << " ta=" << int(ta)
+                                    << " tb=" << int(tb) << " layout=" << layout);
   // Store each operand inside a bigger buffer: layout 0 = row-major with padding, 1 = stored
   // transposed (column-major), 2 = every other element (no unit stride).
   auto make = [&](int64_t r, int64_t c, uint64_t seed, Tensor<T>& buf) -> TensorView<T> {

@@ -121,8 +121,9 @@ TYPED_TEST(SimdTest, Activations) {
 }
 
 TEST(SimdExp, FloatMaxRelativeErrorOverTheWholeRange) {
-  // Floats across [-88, 88] plus the edges; SIMD path vs the scalar path vs std::exp in double. Normal results: <= 2 ulp of float (the measured max is ~1.5 ulp).
-  // Every 1021st float bit pattern of each sign up to |x| = 88 (~2M points).
+  // Floats across [-88, 88] plus the edges; SIMD path vs the scalar path vs std::exp in double.
+  // Normal results: <= 2 ulp of float (the measured max is ~1.5 ulp). Every 1021st float bit
+  // pattern of each sign up to |x| = 88 (~2M points).
   std::vector<float> xs;
   uint32_t top;
   const float edge = 88.0f;
@@ -152,17 +153,18 @@ TEST(SimdExp, FloatMaxRelativeErrorOverTheWholeRange) {
     }
     ASSERT_EQ(ys[i], simd::exp_scalar(xs[i])) << "SIMD and scalar paths differ at " << xs[i];
   }
-  std::printf("exp(float): max relative error %.3g (%.2f ulp) over %zu points in [-88, 88]; "
-              "subnormal results within %.2f denorm_min\n",
-              max_rel, max_rel / ulp, xs.size(), max_rel_sub);
+  std::printf(
+      "exp(float): max relative error %.3g (%.2f ulp) over %zu points in [-88, 88]; "
+      "subnormal results within %.2f denorm_min\n",
+      max_rel, max_rel / ulp, xs.size(), max_rel_sub);
   EXPECT_LE(max_rel, 2 * ulp);
   EXPECT_LE(max_rel_sub, 1.0);
 }
 
 TEST(SimdExp, SpecialValues) {
   const float inf = std::numeric_limits<float>::infinity();
-  float x[] = {-inf, inf, NAN, 0.0f, -0.0f, 89.0f, -104.0f, -200.0f, 1e30f, -1e30f, 1.0f,
-               -inf, inf, NAN, 0.0f, 1.0f, 2.0f};
+  float x[] = {-inf,   inf,  NAN,  0.0f, -0.0f, 89.0f, -104.0f, -200.0f, 1e30f,
+               -1e30f, 1.0f, -inf, inf,  NAN,   0.0f,  1.0f,    2.0f};
   float y[17];
   simd::exp(x, y, 17);
   for (int i = 0; i < 17; ++i) {

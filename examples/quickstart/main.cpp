@@ -22,7 +22,7 @@ int main() {
     p.causal = true;
     p.window_left = window;  // -1: full causal; 16: each query sees itself and 16 keys before
     Tensor<float> o({B, T, Hq, V}), lse({B, T, Hq}), o_ref({B, T, Hq, V});
-    attention<float>(q, k, v, o, p, lse);  // tiled flash-attention kernel
+    attention<float>(q, k, v, o, p, lse);       // tiled flash-attention kernel
     attention_naive<float>(q, k, v, o_ref, p);  // full score matrix, for comparison
     double err = 0;
     for (int64_t i = 0; i < o.numel(); ++i)
@@ -31,9 +31,8 @@ int main() {
                 window < 0 ? "causal GQA" : "sliding window 16", (long long)B, (long long)T,
                 (long long)Hq, (long long)V, err);
     for (int64_t t : {int64_t(0), int64_t(1), T - 1})
-      std::printf("  t=%-3lld head 0: o[0:4] = % .4f % .4f % .4f % .4f  lse = %.4f\n",
-                  (long long)t, o(0, t, 0, 0), o(0, t, 0, 1), o(0, t, 0, 2), o(0, t, 0, 3),
-                  lse(0, t, 0));
+      std::printf("  t=%-3lld head 0: o[0:4] = % .4f % .4f % .4f % .4f  lse = %.4f\n", (long long)t,
+                  o(0, t, 0, 0), o(0, t, 0, 1), o(0, t, 0, 2), o(0, t, 0, 3), lse(0, t, 0));
   }
   return 0;
 }

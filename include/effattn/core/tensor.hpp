@@ -138,8 +138,8 @@ class TensorView {
   // Drops dimension `dim`, fixing it at `index`: x.select(2, h) on [B,T,H,D] gives [B,T,D].
   TensorView select(int dim, int64_t index) const {
     check_dim(dim, "select");
-    check(index >= 0 && index < shape_[dim], "select: index ", index, " out of range for dim ",
-          dim, " of shape ", shape_.str());
+    check(index >= 0 && index < shape_[dim], "select: index ", index, " out of range for dim ", dim,
+          " of shape ", shape_.str());
     std::vector<int64_t> dims;
     std::array<int64_t, kMaxDims> st{};
     int j = 0;
@@ -301,7 +301,8 @@ void check_shape(const char* op, const char* arg, const TensorView<T>& v,
   if (ok) return;
   std::string want = "[";
   int i = 0;
-  for (int64_t e : expect) want += (i++ ? ", " : "") + (e < 0 ? std::string("*") : std::to_string(e));
+  for (int64_t e : expect)
+    want += (i++ ? ", " : "") + (e < 0 ? std::string("*") : std::to_string(e));
   want += "]";
   throw Error(detail::concat(op, ": ", arg, " has shape ",
                              v.empty() ? std::string("<none>") : v.shape().str(), ", expected ",

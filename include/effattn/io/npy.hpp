@@ -37,7 +37,7 @@ struct NpyArray {
   bool is_integer() const { return kind == 'i' || kind == 'u' || kind == 'b'; }
 };
 
-namespace detail {
+namespace npy_detail {
 
 inline bool host_is_little_endian() {
   const uint16_t one = 1;
@@ -289,7 +289,7 @@ void save_npy_impl(const std::string& path, const TensorView<const T>& v) {
   check(!f.fail(), path, ": write failed");
 }
 
-}  // namespace detail
+}  // namespace npy_detail
 
 // Reads and validates a .npy file. Throws effattn::Error naming the file on any problem:
 // bad magic or version, a header longer than the file, a malformed header dict, Fortran order,
@@ -300,7 +300,7 @@ inline NpyArray read_npy(const std::string& path) {
   const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(f)),
                                          std::istreambuf_iterator<char>());
   check(!f.bad(), path, ": read error");
-  check(detail::host_is_little_endian(), path, ": read_npy needs a little-endian host");
+  check(npy_detail::host_is_little_endian(), path, ": read_npy needs a little-endian host");
 
   static const unsigned char kMagic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
   check(bytes.size() >= 10 && std::memcmp(bytes.data(), kMagic, 6) == 0, path,
@@ -310,7 +310,7 @@ inline NpyArray read_npy(const std::string& path) {
         minor, " (supported: 1.0, 2.0)");
   const std::size_t preamble = major == 1 ? 10 : 12;
   check(bytes.size() >= preamble, path, ": truncated npy preamble");
-  const std::size_t hlen = detail::read_le(bytes.data() + 8, major == 1 ? 2 : 4);
+  const std::size_t hlen = npy_detail::read_le(bytes.data() + 8, major == 1 ? 2 : 4);
   check(hlen <= bytes.size() - preamble, path, ": npy header length ", hlen,
         " runs past the end of the file (", bytes.size(), " bytes)");
   const std::string header(reinterpret_cast<const char*>(bytes.data()) + preamble, hlen);
@@ -318,8 +318,8 @@ inline NpyArray read_npy(const std::string& path) {
   NpyArray a;
   bool fortran_order = false;
   std::vector<int64_t> dims;
-  detail::NpyHeaderParser(path, header).parse(&a.descr, &fortran_order, &dims);
-  detail::parse_descr(path, a.descr, &a.kind, &a.itemsize);
+  npy_detail::NpyHeaderParser(path, header).parse(&a.descr, &fortran_order, &dims);
+  npy_detail::parse_descr(path, a.descr, &a.kind, &a.itemsize);
   check(!fortran_order, path, ": fortran_order=True is not supported (save C-contiguous)");
   check(static_cast<int>(dims.size()) <= kMaxDims, path, ": ", dims.size(),
         "-d npy array, at most ", kMaxDims, " dims supported");
@@ -355,15 +355,15 @@ Tensor<T> to_tensor(const NpyArray& a, const std::string& path) {
   Tensor<T> t(a.shape);
   T* out = t.data();
   if (a.kind == 'f' && a.itemsize == 4) {
-    detail::convert_all<T, float>(a, path, out);
+    npy_detail::convert_all<T, float>(a, path, out);
   } else if (a.kind == 'f' && a.itemsize == 8) {
-    detail::convert_all<T, double>(a, path, out);
+    npy_detail::convert_all<T, double>(a, path, out);
   } else if (a.kind == 'i' && a.itemsize == 4) {
-    detail::convert_all<T, int32_t>(a, path, out);
+    npy_detail::convert_all<T, int32_t>(a, path, out);
   } else if (a.kind == 'i' && a.itemsize == 8) {
-    detail::convert_all<T, int64_t>(a, path, out);
+    npy_detail::convert_all<T, int64_t>(a, path, out);
   } else if (a.kind == 'u' && a.itemsize == 1) {
-    detail::convert_all<T, uint8_t>(a, path, out);
+    npy_detail::convert_all<T, uint8_t>(a, path, out);
   } else if (a.kind == 'b' && a.itemsize == 1) {
     // numpy bools are bytes 0/1; treat any non-zero byte as true.
     for (int64_t i = 0; i < a.numel(); ++i) out[i] = static_cast<T>(a.data[i] != 0);
@@ -382,16 +382,16 @@ Tensor<T> load_npy(const std::string& path) {
 // Writes a view (any strides) as a C-order, little-endian .npy file, format 1.0 when the header
 // fits, else 2.0. 0-d views are written with shape ().
 inline void save_npy(const std::string& path, const TensorView<const float>& v) {
-  detail::save_npy_impl<float>(path, v);
+  npy_detail::save_npy_impl<float>(path, v);
 }
 inline void save_npy(const std::string& path, const TensorView<const double>& v) {
-  detail::save_npy_impl<double>(path, v);
+  npy_detail::save_npy_impl<double>(path, v);
 }
 inline void save_npy(const std::string& path, const TensorView<const int32_t>& v) {
-  detail::save_npy_impl<int32_t>(path, v);
+  npy_detail::save_npy_impl<int32_t>(path, v);
 }
 inline void save_npy(const std::string& path, const TensorView<const int64_t>& v) {
-  detail::save_npy_impl<int64_t>(path, v);
+  npy_detail::save_npy_impl<int64_t>(path, v);
 }
 
 }  // namespace effattn::io

@@ -274,7 +274,7 @@ class Storage {
     const int fd = ::open(path.c_str(), O_RDONLY);
     if (fd < 0) {
       const int err = errno;
-      throw Error(detail::concat("safetensors: cannot open ", path, " (", std::strerror(err), ")"));
+      throw Error(effattn::detail::concat("safetensors: cannot open ", path, " (", std::strerror(err), ")"));
     }
     struct stat st;
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
@@ -435,7 +435,7 @@ class SafeTensors {
         }
         break;
       default:
-        throw Error(detail::concat("safetensors: tensor '", name, "' in ", source_, " has dtype ",
+        throw Error(effattn::detail::concat("safetensors: tensor '", name, "' in ", source_, " has dtype ",
                                    dtype_name(ti.dtype), ", which get<", type_name<T>(),
                                    ">() cannot convert (it reads F32, F64, BF16, F16)"));
     }
@@ -512,7 +512,7 @@ class SafeTensors {
       }
       have += (i++ ? ", '" : "'") + kv.first + "'";
     }
-    throw Error(detail::concat("safetensors: tensor '", name, "' not found in ", source_, " (",
+    throw Error(effattn::detail::concat("safetensors: tensor '", name, "' not found in ", source_, " (",
                                tensors_.size(), " tensors", tensors_.empty() ? "" : ": ", have,
                                ")"));
   }
@@ -551,15 +551,15 @@ class SafeTensors {
     const uint8_t* base = storage_->data();
     const uint64_t file_size = storage_->size();
     if (file_size < 8) {
-      fail(detail::concat("file is ", file_size, " bytes, too short for the 8-byte header length"));
+      fail(effattn::detail::concat("file is ", file_size, " bytes, too short for the 8-byte header length"));
     }
     const uint64_t header_len = sd::load_le<uint64_t>(base);
     if (header_len > sd::kMaxHeaderBytes) {
-      fail(detail::concat("header length ", header_len, " exceeds the limit of ",
+      fail(effattn::detail::concat("header length ", header_len, " exceeds the limit of ",
                           sd::kMaxHeaderBytes, " bytes (not a safetensors file?)"));
     }
     if (header_len > file_size - 8) {
-      fail(detail::concat("header length ", header_len, " runs past the end of the file (",
+      fail(effattn::detail::concat("header length ", header_len, " runs past the end of the file (",
                           file_size, " bytes)"));
     }
     const char* hbegin = reinterpret_cast<const char*>(base + 8);
@@ -634,15 +634,15 @@ class SafeTensors {
     }
     if (ti.end < ti.begin) {
       fail_tensor(name,
-                  detail::concat("data_offsets [", ti.begin, ", ", ti.end, "] end before begin"));
+                  effattn::detail::concat("data_offsets [", ti.begin, ", ", ti.end, "] end before begin"));
     }
     if (ti.end > data_size) {
-      fail_tensor(name, detail::concat("data_offsets [", ti.begin, ", ", ti.end,
+      fail_tensor(name, effattn::detail::concat("data_offsets [", ti.begin, ", ", ti.end,
                                        "] run past the data buffer (", data_size,
                                        " bytes); the file may be truncated"));
     }
     if (ti.end - ti.begin != nbytes) {
-      fail_tensor(name, detail::concat("data_offsets [", ti.begin, ", ", ti.end, "] span ",
+      fail_tensor(name, effattn::detail::concat("data_offsets [", ti.begin, ", ", ti.end, "] span ",
                                        ti.end - ti.begin, " bytes, but shape ", dims_str(ti.dims),
                                        " of ", dtype, " needs ", nbytes));
     }
@@ -661,7 +661,7 @@ class SafeTensors {
       const TensorInfo& prev = *ranges[i - 1].first;
       const TensorInfo& cur = *ranges[i].first;
       if (cur.begin < prev.end) {
-        fail(detail::concat("tensors '", *ranges[i - 1].second, "' [", prev.begin, ", ", prev.end,
+        fail(effattn::detail::concat("tensors '", *ranges[i - 1].second, "' [", prev.begin, ", ", prev.end,
                             ") and '", *ranges[i].second, "' [", cur.begin, ", ", cur.end,
                             ") overlap in the data buffer"));
       }

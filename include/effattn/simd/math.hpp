@@ -138,18 +138,17 @@ inline void map(const T* x, T* y, int64_t n, VF&& vf, SF&& sf) {
 }
 
 #if EFFATTN_HAS_SIMD
-#define EFFATTN_SIMD_MAP(name)                                             \
-  template <class T>                                                       \
-  inline void name(const T* x, T* y, int64_t n) {                          \
-    map(                                                                   \
-        x, y, n, [](const Vec<T>& v) { return name(v); },                  \
-        [](T s) { return name##_scalar(s); });                             \
+#define EFFATTN_SIMD_MAP(name)                                                                   \
+  template <class T>                                                                             \
+  inline void name(const T* x, T* y, int64_t n) {                                                \
+    map(                                                                                         \
+        x, y, n, [](const Vec<T>& v) { return name(v); }, [](T s) { return name##_scalar(s); }); \
   }
 #else
-#define EFFATTN_SIMD_MAP(name)                                             \
-  template <class T>                                                       \
-  inline void name(const T* x, T* y, int64_t n) {                          \
-    for (int64_t i = 0; i < n; ++i) y[i] = name##_scalar(x[i]);            \
+#define EFFATTN_SIMD_MAP(name)                                  \
+  template <class T>                                            \
+  inline void name(const T* x, T* y, int64_t n) {               \
+    for (int64_t i = 0; i < n; ++i) y[i] = name##_scalar(x[i]); \
   }
 #endif
 

@@ -40,17 +40,16 @@ struct GemmOperand {
 
 // Serial C (+)= alpha * A B on raw operands (Eigen's blocked kernel; accumulates into C).
 template <class T, bool kARow, bool kBRow, bool kCRow>
-void gemm_kernel(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b,
-                 int64_t ldb, T* c, int64_t ldc, T alpha) {
+void gemm_kernel(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb,
+                 T* c, int64_t ldc, T alpha) {
   using Eigen::Index;
   constexpr int kAO = kARow ? Eigen::RowMajor : Eigen::ColMajor;
   constexpr int kBO = kBRow ? Eigen::RowMajor : Eigen::ColMajor;
   constexpr int kCO = kCRow ? Eigen::RowMajor : Eigen::ColMajor;
   Eigen::internal::gemm_blocking_space<kCO, T, T, Eigen::Dynamic, Eigen::Dynamic, Eigen::Dynamic>
       blocking(M, N, K, 1, true);
-  Eigen::internal::general_matrix_matrix_product<Index, T, kAO, false, T, kBO, false, kCO,
-                                                 1>::run(M, N, K, a, lda, b, ldb, c, 1, ldc,
-                                                         alpha, blocking, nullptr);
+  Eigen::internal::general_matrix_matrix_product<Index, T, kAO, false, T, kBO, false, kCO, 1>::run(
+      M, N, K, a, lda, b, ldb, c, 1, ldc, alpha, blocking, nullptr);
 }
 
 template <class T>
@@ -58,14 +57,22 @@ void gemm_dispatch(int64_t M, int64_t N, int64_t K, const GemmOperand<T>& a,
                    const GemmOperand<T>& b, T* c, int64_t ldc, bool c_row, T alpha) {
   const int code = (a.row_major ? 4 : 0) | (b.row_major ? 2 : 0) | (c_row ? 1 : 0);
   switch (code) {
-    case 0: return gemm_kernel<T, false, false, false>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
-    case 1: return gemm_kernel<T, false, false, true>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
-    case 2: return gemm_kernel<T, false, true, false>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
-    case 3: return gemm_kernel<T, false, true, true>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
-    case 4: return gemm_kernel<T, true, false, false>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
-    case 5: return gemm_kernel<T, true, false, true>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
-    case 6: return gemm_kernel<T, true, true, false>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
-    default: return gemm_kernel<T, true, true, true>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
+    case 0:
+      return gemm_kernel<T, false, false, false>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
+    case 1:
+      return gemm_kernel<T, false, false, true>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
+    case 2:
+      return gemm_kernel<T, false, true, false>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
+    case 3:
+      return gemm_kernel<T, false, true, true>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
+    case 4:
+      return gemm_kernel<T, true, false, false>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
+    case 5:
+      return gemm_kernel<T, true, false, true>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
+    case 6:
+      return gemm_kernel<T, true, true, false>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
+    default:
+      return gemm_kernel<T, true, true, true>(M, N, K, a.p, a.ld, b.p, b.ld, c, ldc, alpha);
   }
 }
 
@@ -139,8 +146,8 @@ void gemm(TensorView<const T> A, Trans ta, TensorView<const T> B, Trans tb, Tens
     throw Error(detail::concat("gemm: inner sizes differ: op(A) is [", M, ", ", K, "], op(B) is [",
                                KB, ", ", N, "]"));
   if (C.size(0) != M || C.size(1) != N)
-    throw Error(detail::concat("gemm: C has shape ", C.shape().str(), ", expected [", M, ", ", N,
-                               "]"));
+    throw Error(
+        detail::concat("gemm: C has shape ", C.shape().str(), ", expected [", M, ", ", N, "]"));
   if (M == 0 || N == 0) return;
   // C: used in place when it has a unit stride, else through a row-major temporary.
   const bool c_row = C.stride(1) == 1 || N <= 1;
