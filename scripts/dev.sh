@@ -43,20 +43,23 @@ configure_and_build() {
 case "$mode" in
   examples)
     install_missing
-    configure_and_build -DEFFATTN_BUILD_TESTS=OFF
+    configure_and_build -DEFFATTN_BUILD_TESTS=OFF -DEFFATTN_BUILD_BENCH=ON \
+      -DEFFATTN_BUILD_EXAMPLES=ON
     for ex in "$BUILD_DIR"/examples/*; do
       if [ -f "$ex" ] && [ -x "$ex" ]; then
         echo "== $(basename "$ex")"
         "$ex"
       fi
     done
-    echo "== roofline (short)"
-    OMP_NUM_THREADS=2 "$BUILD_DIR"/bench/roofline --benchmark_filter='n:1024|MiB' \
+    echo "== short benchmark: causal flash attention prefill beside the same-run roofline"
+    OMP_NUM_THREADS=2 "$BUILD_DIR"/bench/attention \
+      --benchmark_filter='roofline|prefill/T:2048/Hkv:2/threads:2/causal:1' \
       --benchmark_min_time=0.2
     ;;
   test)
     install_missing
-    configure_and_build -DEFFATTN_BUILD_BENCH=OFF
+    configure_and_build -DEFFATTN_BUILD_TESTS=ON -DEFFATTN_BUILD_BENCH=OFF \
+      -DEFFATTN_BUILD_EXAMPLES=ON
     (cd "$BUILD_DIR" && ctest --output-on-failure -j "$JOBS")
     ;;
   *)
