@@ -26,7 +26,16 @@
 namespace effattn {
 namespace attn_detail {
 
-inline constexpr int64_t kDecodeBlock = 32;    // keys per score block (all kv heads)
+#ifndef EFFATTN_DEC_BK
+#define EFFATTN_DEC_BK 32
+#endif
+#ifndef EFFATTN_DEC_AHEAD
+#define EFFATTN_DEC_AHEAD 8
+#endif
+#ifndef EFFATTN_DEC_PF
+#define EFFATTN_DEC_PF 0
+#endif
+inline constexpr int64_t kDecodeBlock = EFFATTN_DEC_BK;    // keys per score block (all kv heads)
 inline constexpr int64_t kDecodeSplit = 512;   // default keys per split-K partial
 inline constexpr int64_t kDecodeMaxRows = 16;  // auto path: decode when Tq <= this
 
@@ -58,6 +67,22 @@ inline const std::array<int, kL<T>>& haddp_lanes() {
   return lanes;
 }
 #endif
+
+// Software prefetch of n bytes with a locality hint (0: t0, 1: t1, 2: t2, 3: nta).
+template <int Hint>
+inline void decode_prefetch(const void* p, int64_t n) {
+  const char* c = static_cast<const char*>(p);
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  for (int64_t i = 0; i < n; i += 64) {
+    if constexpr (Hint == 0) __asm__ volatile("prefetcht0 %0" : : "m"(c[i]));
+    else if constexpr (Hint == 1) __asm__ volatile("prefetcht1 %0" : : "m"(c[i]));
+    else if constexpr (Hint == 2) __asm__ volatile("prefetcht2 %0" : : "m"(c[i]));
+    else __asm__ volatile("prefetchnta %0" : : "m"(c[i]));
+  }
+#else
+  prefetch_bytes(c, n);
+#endif
+}
 
 // q . k for k stored as S (T or bf16).
 template <class T, class S>
@@ -176,10 +201,11 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
     }
   };
   auto prefetch_head = [&](int64_t j, int64_t hk) {
-    prefetch_bytes(P.k.ptr(sg.bk, sg.k0 + j) + hk * khs_in, kbytes);
-    prefetch_bytes(P.v.ptr(sg.bk, sg.k0 + j) + hk * vhs_in, vbytes);
+    decode_prefetch<EFFATTN_DEC_PF>(P.k.ptr(sg.bk, sg.k0 + j) + hk * khs_in, kbytes);
+    decode_prefetch<EFFATTN_DEC_PF>(P.v.ptr(sg.bk, sg.k0 + j) + hk * vhs_in, vbytes);
   };
-  for (int64_t jp = j_begin; jp < std::min(j_begin + 8, j_end); ++jp) prefetch_key(jp);
+  for (int64_t jp = j_begin; jp < std::min<int64_t>(j_begin + EFFATTN_DEC_AHEAD, j_end); ++jp)
+    prefetch_key(jp);
   // Keys / values are read in place (bf16 widened in the loads), rows kstep apart, heads khs.
   const int64_t kstep = P.k.stride(1), vstep = P.v.stride(1);
   const int64_t khs = P.k.stride(2), vhs = P.v.stride(2);
@@ -195,7 +221,7 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
     // [Hkv, K] is a page or so, which the hardware prefetchers do not cross: prefetch the key
     // and value rows kAhead keys ahead by hand (the value rows are read by P.V below).
     constexpr int64_t kStep = L >= 4 ? L / 4 : 1;  // keys per score block of scores_4rows
-    constexpr int64_t kAhead = 8;
+    constexpr int64_t kAhead = EFFATTN_DEC_AHEAD;
     for (int64_t jb = 0; jb < bk; jb += kStep) {
       const int64_t nb = std::min(kStep, bk - jb);
       const int64_t jp0 = j0 + jb + kAhead, jp1 = std::min(jp0 + nb, j_end);
