@@ -274,7 +274,8 @@ class Storage {
     const int fd = ::open(path.c_str(), O_RDONLY);
     if (fd < 0) {
       const int err = errno;
-      throw Error(effattn::detail::concat("safetensors: cannot open ", path, " (", std::strerror(err), ")"));
+      throw Error(effattn::detail::concat("safetensors: cannot open ", path, " (",
+                                          std::strerror(err), ")"));
     }
     struct stat st;
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
@@ -435,9 +436,9 @@ class SafeTensors {
         }
         break;
       default:
-        throw Error(effattn::detail::concat("safetensors: tensor '", name, "' in ", source_, " has dtype ",
-                                   dtype_name(ti.dtype), ", which get<", type_name<T>(),
-                                   ">() cannot convert (it reads F32, F64, BF16, F16)"));
+        throw Error(effattn::detail::concat(
+            "safetensors: tensor '", name, "' in ", source_, " has dtype ", dtype_name(ti.dtype),
+            ", which get<", type_name<T>(), ">() cannot convert (it reads F32, F64, BF16, F16)"));
     }
     return out;
   }
@@ -512,9 +513,9 @@ class SafeTensors {
       }
       have += (i++ ? ", '" : "'") + kv.first + "'";
     }
-    throw Error(effattn::detail::concat("safetensors: tensor '", name, "' not found in ", source_, " (",
-                               tensors_.size(), " tensors", tensors_.empty() ? "" : ": ", have,
-                               ")"));
+    throw Error(effattn::detail::concat("safetensors: tensor '", name, "' not found in ", source_,
+                                        " (", tensors_.size(), " tensors",
+                                        tensors_.empty() ? "" : ": ", have, ")"));
   }
 
   void check_rank(const std::string& name, const TensorInfo& ti) const {
@@ -551,16 +552,17 @@ class SafeTensors {
     const uint8_t* base = storage_->data();
     const uint64_t file_size = storage_->size();
     if (file_size < 8) {
-      fail(effattn::detail::concat("file is ", file_size, " bytes, too short for the 8-byte header length"));
+      fail(effattn::detail::concat("file is ", file_size,
+                                   " bytes, too short for the 8-byte header length"));
     }
     const uint64_t header_len = sd::load_le<uint64_t>(base);
     if (header_len > sd::kMaxHeaderBytes) {
       fail(effattn::detail::concat("header length ", header_len, " exceeds the limit of ",
-                          sd::kMaxHeaderBytes, " bytes (not a safetensors file?)"));
+                                   sd::kMaxHeaderBytes, " bytes (not a safetensors file?)"));
     }
     if (header_len > file_size - 8) {
       fail(effattn::detail::concat("header length ", header_len, " runs past the end of the file (",
-                          file_size, " bytes)"));
+                                   file_size, " bytes)"));
     }
     const char* hbegin = reinterpret_cast<const char*>(base + 8);
     json header;
@@ -633,18 +635,19 @@ class SafeTensors {
           name, "'data_offsets' must be [begin, end] non-negative integers, got " + off_it->dump());
     }
     if (ti.end < ti.begin) {
-      fail_tensor(name,
-                  effattn::detail::concat("data_offsets [", ti.begin, ", ", ti.end, "] end before begin"));
+      fail_tensor(name, effattn::detail::concat("data_offsets [", ti.begin, ", ", ti.end,
+                                                "] end before begin"));
     }
     if (ti.end > data_size) {
       fail_tensor(name, effattn::detail::concat("data_offsets [", ti.begin, ", ", ti.end,
-                                       "] run past the data buffer (", data_size,
-                                       " bytes); the file may be truncated"));
+                                                "] run past the data buffer (", data_size,
+                                                " bytes); the file may be truncated"));
     }
     if (ti.end - ti.begin != nbytes) {
-      fail_tensor(name, effattn::detail::concat("data_offsets [", ti.begin, ", ", ti.end, "] span ",
-                                       ti.end - ti.begin, " bytes, but shape ", dims_str(ti.dims),
-                                       " of ", dtype, " needs ", nbytes));
+      fail_tensor(
+          name, effattn::detail::concat("data_offsets [", ti.begin, ", ", ti.end, "] span ",
+                                        ti.end - ti.begin, " bytes, but shape ", dims_str(ti.dims),
+                                        " of ", dtype, " needs ", nbytes));
     }
     return ti;
   }
@@ -661,9 +664,9 @@ class SafeTensors {
       const TensorInfo& prev = *ranges[i - 1].first;
       const TensorInfo& cur = *ranges[i].first;
       if (cur.begin < prev.end) {
-        fail(effattn::detail::concat("tensors '", *ranges[i - 1].second, "' [", prev.begin, ", ", prev.end,
-                            ") and '", *ranges[i].second, "' [", cur.begin, ", ", cur.end,
-                            ") overlap in the data buffer"));
+        fail(effattn::detail::concat("tensors '", *ranges[i - 1].second, "' [", prev.begin, ", ",
+                                     prev.end, ") and '", *ranges[i].second, "' [", cur.begin, ", ",
+                                     cur.end, ") overlap in the data buffer"));
       }
     }
   }
