@@ -22,10 +22,7 @@ using effattn::testing::max_abs;
 using effattn::testing::max_abs_diff;
 using effattn::testing::random_tensor;
 
-template <class T>
-TensorView<const T> opt(const Tensor<T>& t) {
-  return t.empty() ? TensorView<const T>{} : t.view();
-}
+using effattn::testing::opt;
 
 struct Config {
   int64_t B = 1, T = 1, D = 1, W = 4;

@@ -39,10 +39,7 @@ Problem<T> make_problem(int64_t B, int64_t Tn, int64_t H, int64_t HV, int64_t K,
   return p;
 }
 
-template <class T>
-TensorView<const T> opt(const Tensor<T>& t) {
-  return t.empty() ? TensorView<const T>{} : t.view();
-}
+using effattn::testing::opt;
 
 struct Out {
   Tensor<double> o, S;

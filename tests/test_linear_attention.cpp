@@ -80,10 +80,7 @@ struct Outputs {
   Tensor<T> o, S, z;
 };
 
-template <class T>
-TensorView<const T> opt(const Tensor<T>& t) {
-  return t.empty() ? TensorView<const T>{} : TensorView<const T>(t.view());
-}
+using effattn::testing::opt;
 
 // Runs op on the inputs; o, final state and (with normalize) final z.
 template <class T>

@@ -23,10 +23,7 @@ struct SsdInputs {
   Tensor<T> x, dt, A, Bm, Cm, D, dt_bias, z, h0;
 };
 
-template <class T>
-TensorView<const T> opt(const Tensor<T>& t) {
-  return t.empty() ? TensorView<const T>{} : TensorView<const T>(t.view());
-}
+using effattn::testing::opt;
 
 // dhp: D is [H, P] (else [H]); full: D, z and dt_bias present.
 template <class T>

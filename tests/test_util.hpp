@@ -22,6 +22,12 @@ Tensor<T> random_tensor(const Shape& shape, uint64_t seed, double lo = -1.0, dou
   return t;
 }
 
+// A tensor as an optional op input: an empty view when the tensor was never allocated.
+template <class T>
+TensorView<const T> opt(const Tensor<T>& t) {
+  return t.empty() ? TensorView<const T>{} : TensorView<const T>(t.view());
+}
+
 // Converts any tensor to double (for comparisons against a double reference).
 template <class T>
 Tensor<double> to_double(const TensorView<const T>& v) {

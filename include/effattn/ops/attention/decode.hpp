@@ -262,25 +262,8 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
         for (int64_t r = 0; r < R; ++r)
           if (!mask.visible(r % tq, j0 + j)) St[j * Rp + r] = ninf;
 
-    // Online softmax across rows in lanes:
-    //   m' = max(m, max_j St[j]);  alpha = exp(m - m');  St = exp(St - m');  l = alpha l + sum
+    online_softmax_columns(St, Rp, bk, nrv, m, l, alpha);  // rows of o in lanes
     bool rescale = false;
-    for (int64_t c0 = 0; c0 < nrv; ++c0) {
-      const int64_t c = c0 * L;
-      VecT<T> mx = vld(m + c);
-      for (int64_t j = 0; j < bk; ++j) mx = vmax(mx, vld(St + j * Rp + c));
-      const VecT<T> mu = vsel_ninf_to_zero(mx);
-      const VecT<T> a = vexp(vld(m + c) - mu);
-      VecT<T> sum(T(0));
-      for (int64_t j = 0; j < bk; ++j) {
-        const VecT<T> p = vexp(vld(St + j * Rp + c) - mu);
-        vst(St + j * Rp + c, p);
-        sum = sum + p;
-      }
-      vst(l + c, vfma(a, vld(l + c), sum));
-      vst(m + c, mx);
-      vst(alpha + c, a);
-    }
     for (int64_t r = 0; r < R; ++r) rescale = rescale || alpha[r] != T(1);
     if (rescale)
       for (int64_t r = 0; r < R; ++r)

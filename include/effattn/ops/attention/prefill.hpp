@@ -108,6 +108,33 @@ inline T vsel_ninf_to_zero(T m) {
 }
 #endif
 
+// Online softmax down the columns of a score block S [bk, ld] (one query per column; nvec
+// vectors of columns), shared by the prefill tile and the decode block:
+//   m' = max(m, max_j S[j]);  alpha = exp(m - m');  S[j] = exp(S[j] - m');  l = alpha l + sum_j
+//   S[j]
+// A column that has seen no key keeps m = -inf and gets exp(-inf - 0) = 0.
+template <class T>
+inline void online_softmax_columns(T* S, int64_t ld, int64_t bk, int64_t nvec, T* m, T* l,
+                                   T* alpha) {
+  constexpr int64_t L = kL<T>;
+  for (int64_t v0 = 0; v0 < nvec; ++v0) {
+    const int64_t c = v0 * L;
+    VecT<T> mx = vld(m + c);
+    for (int64_t j = 0; j < bk; ++j) mx = vmax(mx, vld(S + j * ld + c));
+    const VecT<T> mu = vsel_ninf_to_zero(mx);
+    const VecT<T> a = vexp(vld(m + c) - mu);
+    VecT<T> sum(T(0));
+    for (int64_t j = 0; j < bk; ++j) {
+      const VecT<T> p = vexp(vld(S + j * ld + c) - mu);
+      vst(S + j * ld + c, p);
+      sum = sum + p;
+    }
+    vst(l + c, vfma(a, vld(l + c), sum));
+    vst(m + c, mx);
+    vst(alpha + c, a);
+  }
+}
+
 // Loads L elements stored as S (T, or bf16 widened to float) as a vector of T.
 template <class T, class S>
 inline VecT<T> vld_as(const S* p) {
@@ -315,24 +342,7 @@ void prefill_tile(const Problem<T, KV>& P, const Segment& sg, int64_t h, int64_t
       }
     }
 
-    // Online softmax down each column (query lane):
-    //   m' = max(m, max_j S[j]);  alpha = exp(m - m');  P = exp(S - m');  l = alpha l + sum_j P
-    for (int64_t v0 = 0; v0 < nvec; ++v0) {
-      const int64_t c = v0 * L;
-      VecT<T> mx = vld(m + c);
-      for (int64_t j = 0; j < bk; ++j) mx = vmax(mx, vld(S + j * BQ + c));
-      const VecT<T> mu = vsel_ninf_to_zero(mx);  // all hidden so far: exp(-inf - 0) = 0
-      const VecT<T> a = vexp(vld(m + c) - mu);
-      VecT<T> sum(T(0));
-      for (int64_t j = 0; j < bk; ++j) {
-        const VecT<T> p = vexp(vld(S + j * BQ + c) - mu);
-        vst(S + j * BQ + c, p);
-        sum = sum + p;
-      }
-      vst(l + c, vfma(a, vld(l + c), sum));
-      vst(m + c, mx);
-      vst(alpha + c, a);
-    }
+    online_softmax_columns(S, BQ, bk, nvec, m, l, alpha);
 
     // O^T[e, i] = alpha[i] O^T[e, i] + sum_j V[j, e] P^T[j, i]
     tile_gemm<T>(V, nvec, bk, Vt, 1, vs, S, BQ, Ot, BQ, !first, first ? nullptr : alpha);
