@@ -3,6 +3,9 @@
 #   scripts/dev.sh examples   install what is missing, build (Release), run the examples and a
 #                             short benchmark
 #   scripts/dev.sh test       install what is missing, build (Release), run the whole test suite
+#   scripts/dev.sh report [--tiny|--full] [--out DIR]
+#                             install what is missing, build the benchmark suite, run it and
+#                             write a report folder (default bench-report/: summary.md + plots)
 # Missing Debian packages are installed with apt-get when run as root; otherwise the exact
 # apt-get line is printed and the script stops. BUILD_DIR (default build/) and JOBS (default 2)
 # may be set in the environment.
@@ -14,7 +17,7 @@ BUILD_DIR="${BUILD_DIR:-build}"
 JOBS="${JOBS:-2}"
 
 packages=(cmake g++ make libeigen3-dev libxsimd-dev nlohmann-json3-dev libgtest-dev
-          libbenchmark-dev)
+          libbenchmark-dev python3 python3-matplotlib)
 
 install_missing() {
   local missing=()
@@ -58,12 +61,22 @@ case "$mode" in
     ;;
   test)
     install_missing
-    configure_and_build -DEFFATTN_BUILD_TESTS=ON -DEFFATTN_BUILD_BENCH=OFF \
+    # Benchmarks are built too: the suite's tiny report run is one of the tests.
+    configure_and_build -DEFFATTN_BUILD_TESTS=ON -DEFFATTN_BUILD_BENCH=ON \
       -DEFFATTN_BUILD_EXAMPLES=ON
     (cd "$BUILD_DIR" && ctest --output-on-failure -j "$JOBS")
     ;;
+  report)
+    install_missing
+    shift
+    cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DEFFATTN_BUILD_BENCH=ON
+    cmake --build "$BUILD_DIR" -j "$JOBS" --target suite
+    # Debian's python3 (where python3-matplotlib lives), not whatever python3 is first on PATH.
+    PYTHON="${PYTHON:-$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3 )}"
+    "$PYTHON" bench/report.py --suite-bin "$BUILD_DIR"/bench/suite "$@"
+    ;;
   *)
-    echo "usage: scripts/dev.sh examples|test" >&2
+    echo "usage: scripts/dev.sh examples|test|report [--tiny|--full] [--out DIR]" >&2
     exit 2
     ;;
 esac
