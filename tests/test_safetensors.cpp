@@ -3,12 +3,14 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -596,6 +598,107 @@ TEST(SafeTensorsMalformed, MissingTensor) {
   EXPECT_THROW(st.info("nope"), Error);
   EXPECT_THROW(st.view_f32("nope"), Error);
   EXPECT_THROW(st.get<double>("nope", Shape{1}), Error);
+}
+
+// ---------------------------------------------------------------- fuzz
+
+// A file with every convertible dtype, a 0-d and an empty tensor, and metadata.
+std::vector<uint8_t> fuzz_seed_file() {
+  SafeTensorsWriter w;
+  w.add("model.w32", testing::random_tensor<float>({3, 5}, 1));
+  w.add("model.w64", testing::random_tensor<double>({2, 3}, 2));
+  w.add("model.wbf", random_bf16({4, 2}, 3));
+  w.add("model.w16", testing::random_tensor<float>({7}, 4), Dtype::kF16);
+  w.add("scalar", testing::random_tensor<float>(Shape{}, 5));
+  w.add("empty", Tensor<float>({0, 3}));
+  w.set_metadata("format", "pt");
+  return w.serialize();
+}
+
+// Touches everything a loader would: every tensor through every conversion and a view.
+void read_everything(const SafeTensors& st) {
+  for (const auto& kv : st.metadata()) EXPECT_FALSE(kv.first.empty() && kv.second.empty());
+  for (const std::string& name : st.names()) {
+    const io::TensorInfo& ti = st.info(name);
+    const auto raw = st.bytes(name);
+    EXPECT_EQ(raw.second, ti.nbytes());
+    try {
+      const Tensor<float> f = st.get<float>(name);
+      const Tensor<double> d = st.get<double>(name);
+      const Tensor<bf16> b = st.get<bf16>(name);
+      EXPECT_EQ(f.numel(), ti.numel());
+      EXPECT_EQ(d.numel(), b.numel());
+      st.get<float>(name, ti.shape);
+    } catch (const Error&) {  // unconvertible dtype or too many dims: fine
+    }
+    try {
+      st.view<float>(name);
+    } catch (const Error&) {
+    }
+  }
+}
+
+// Truncated and corrupted files raise effattn::Error, never anything else, never crash (CI runs
+// this under ASan + UBSan). Seeded: the same variants on every run.
+TEST(SafeTensorsFuzz, CorruptedFilesRaiseErrorOnly) {
+  const std::vector<uint8_t> good = fuzz_seed_file();
+  read_everything(SafeTensors::from_buffer(good, "seed"));
+  const std::size_t header_end = 8 + static_cast<std::size_t>(good[0] | (good[1] << 8));
+  std::mt19937_64 rng(2026);
+  auto below = [&](std::size_t n) {
+    return static_cast<std::size_t>(rng() % std::max<std::size_t>(1, n));
+  };
+  int parsed = 0, rejected = 0;
+  for (int it = 0; it < 600; ++it) {
+    std::vector<uint8_t> b = good;
+    switch (it % 6) {
+      case 0:  // truncated anywhere
+        b.resize(below(b.size()));
+        break;
+      case 1:  // random bytes anywhere
+        for (int k = 0, n = 1 + int(below(8)); k < n; ++k) b[below(b.size())] = uint8_t(rng());
+        break;
+      case 2:  // random bytes inside the JSON header
+        for (int k = 0, n = 1 + int(below(3)); k < n; ++k)
+          b[8 + below(header_end - 8)] = uint8_t(rng());
+        break;
+      case 3: {  // a digit of the header replaced by another: plausible shapes and offsets
+        std::vector<std::size_t> digits;
+        for (std::size_t i = 8; i < header_end; ++i)
+          if (b[i] >= '0' && b[i] <= '9') digits.push_back(i);
+        b[digits[below(digits.size())]] = uint8_t('0' + below(10));
+        break;
+      }
+      case 4: {  // header length off by a little or a lot
+        uint64_t len = header_end - 8;
+        const uint64_t deltas[] = {1, 7, 8, 64, uint64_t(1) << 40, ~uint64_t(0) - len};
+        len = rng() % 2 ? len + deltas[below(6)] : len - std::min<uint64_t>(len, 1 + below(16));
+        for (int i = 0; i < 8; ++i) b[i] = uint8_t(len >> (8 * i));
+        break;
+      }
+      default:  // a byte inserted into or deleted from the header
+        if (rng() % 2) {
+          b.insert(b.begin() + std::ptrdiff_t(8 + below(header_end - 8)), uint8_t(rng()));
+        } else {
+          b.erase(b.begin() + std::ptrdiff_t(8 + below(header_end - 8)));
+        }
+        break;
+    }
+    try {
+      const SafeTensors st = SafeTensors::from_buffer(b, "fuzz");
+      read_everything(st);
+      ++parsed;
+    } catch (const Error&) {
+      ++rejected;
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "variant " << it << ": non-effattn exception: " << e.what();
+    }
+  }
+  // Both outcomes occur: the mutations reach past the first validation.
+  RecordProperty("parsed", parsed);
+  RecordProperty("rejected", rejected);
+  EXPECT_GT(parsed, 20);
+  EXPECT_GT(rejected, 300);
 }
 
 TEST(SafeTensorsWriterErrors, RejectsBadInput) {

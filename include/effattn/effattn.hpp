@@ -8,6 +8,7 @@
 #include "effattn/core/tensor.hpp"
 #include "effattn/io/npy.hpp"
 #include "effattn/io/safetensors.hpp"
+#include "effattn/layers/layers.hpp"
 #include "effattn/ops/attention/attention.hpp"
 #include "effattn/ops/attention/kv_cache.hpp"
 #include "effattn/ops/common/gemm.hpp"

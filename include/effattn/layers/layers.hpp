@@ -1,0 +1,8 @@
+// Layers: classes that own weights (loaded from safetensors under the reference implementations'
+// names) and call the ops; per-sequence state lives in separate State objects. See docs/layers.md.
+#pragma once
+
+#include "effattn/layers/linear.hpp"
+#include "effattn/layers/norm.hpp"
+#include "effattn/layers/short_conv.hpp"
+#include "effattn/layers/weights.hpp"
