@@ -65,34 +65,6 @@ inline T widen(S w) {
   }
 }
 
-#if EFFATTN_HAS_SIMD
-// kLanes<T> weights at p as a register of T. (The same widening as moe_ffn's load_w; both would
-// sit better in simd/.)
-template <class T, class S>
-inline simd::Vec<T> load_w(const S* p) {
-  if constexpr (std::is_same_v<S, T>) {
-    return simd::load(p);
-  } else {
-    // bf16 is the high half of a float: zero-extend to 32 bits and shift left by 16.
-#if defined(__AVX512F__)
-    if constexpr (simd::kLanes<float> == 16) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      return simd::Vec<float>(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-    }
-#endif
-#if defined(__AVX2__)
-    if constexpr (simd::kLanes<float> == 8) {
-      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-      return simd::Vec<float>(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-    }
-#endif
-    alignas(64) float buf[simd::kLanes<float>];
-    for (int64_t i = 0; i < simd::kLanes<float>; ++i) buf[i] = bf16::to_float(p[i].bits);
-    return simd::load(static_cast<const float*>(buf));
-  }
-}
-#endif
-
 // A batch of rows: row r at p + r * ld, `width` contiguous elements each.
 template <class T>
 struct Rows {
@@ -161,7 +133,7 @@ void stream_rows_m(int64_t o0, int64_t o1, int64_t in, const T* x, int64_t ldx, 
         // The next pass's rows, same column: each row is a new page (4 KB for bf16 at in = 2048),
         // where the hardware prefetcher would have to start over.
         __builtin_prefetch(w[r] + R * in + c, 0, 2);
-        wv[r] = load_w<T>(w[r] + c);
+        wv[r] = simd::load_as<T>(w[r] + c);
       }
       for (int m = 0; m < M; ++m) {  // a[r][m] += W[o + r, c] x[m, c]
         const V xv = simd::load(x + m * ldx + c);
@@ -209,16 +181,7 @@ void stream_rows(int64_t M, int64_t o0, int64_t o1, int64_t in, const T* x, int6
 
 // dst [rows, cols] = float(src rows [rows, cols] with leading dim lds).
 inline void widen_tile(const bf16* src, int64_t lds, int64_t rows, int64_t cols, float* dst) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const bf16* s = src + i * lds;
-    float* o = dst + i * cols;
-    int64_t c = 0;
-#if EFFATTN_HAS_SIMD
-    constexpr int64_t L = simd::kLanes<float>;
-    for (; c + L <= cols; c += L) simd::store(o + c, load_w<float>(s + c));
-#endif
-    for (; c < cols; ++c) o[c] = bf16::to_float(s[c].bits);
-  }
+  for (int64_t i = 0; i < rows; ++i) simd::convert(src + i * lds, dst + i * cols, cols);
 }
 
 // yb [N, nb] (leading dim ldy) = x [N, in] W[o0 : o0 + nb, :]^T by gemm; bf16 weights are

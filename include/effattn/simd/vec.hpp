@@ -9,6 +9,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+
+#include "effattn/core/bf16.hpp"
 
 #if !defined(EFFATTN_SCALAR)
 #include <xsimd/xsimd.hpp>
@@ -49,10 +52,58 @@ inline T hmax(const Vec<T>& v) {
   for (std::size_t i = 1; i < Vec<T>::size; ++i) m = std::max(m, buf[i]);
   return m;
 }
+
+// kLanes<T> elements stored as S, as a register of T: S = T is a plain load; S = bf16 (T = float)
+// widens in registers (a bf16 is the high half of a float: zero-extend to 32 bits, shift left 16);
+// any other pair converts through a buffer.
+template <class T, class S>
+inline Vec<T> load_as(const S* p) {
+  if constexpr (std::is_same_v<S, T>) {
+    return load(p);
+  } else {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<S, bf16> && std::is_same_v<T, float> && Vec<T>::size == 16) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      return Vec<float>(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
+#endif
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<S, bf16> && std::is_same_v<T, float> && Vec<T>::size == 8) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      return Vec<float>(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    }
+#endif
+    alignas(64) T buf[Vec<T>::size];
+    for (std::size_t i = 0; i < Vec<T>::size; ++i) {
+      if constexpr (std::is_same_v<S, bf16>)
+        buf[i] = static_cast<T>(to_float(p[i]));
+      else
+        buf[i] = static_cast<T>(p[i]);
+    }
+    return load(static_cast<const T*>(buf));
+  }
+}
 #else
 template <class T>
 inline constexpr int64_t kLanes = 1;
 #endif
+
+// dst[i] = T(src[i]), i < n: a storage row (float, double or bf16) in the compute type.
+template <class T, class S>
+inline void convert(const S* src, T* dst, int64_t n) {
+  int64_t i = 0;
+#if EFFATTN_HAS_SIMD
+  if constexpr (!std::is_same_v<S, T>) {
+    for (; i + kLanes<T> <= n; i += kLanes<T>) store(dst + i, load_as<T>(src + i));
+  }
+#endif
+  for (; i < n; ++i) {
+    if constexpr (std::is_same_v<S, bf16>)
+      dst[i] = static_cast<T>(to_float(src[i]));
+    else
+      dst[i] = static_cast<T>(src[i]);
+  }
+}
 
 // Name of the ISA the kernels were compiled for (for benchmark reports).
 inline const char* isa_name() {

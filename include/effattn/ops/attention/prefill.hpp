@@ -138,25 +138,13 @@ inline void online_softmax_columns(T* S, int64_t ld, int64_t bk, int64_t nvec, T
 // Loads L elements stored as S (T, or bf16 widened to float) as a vector of T.
 template <class T, class S>
 inline VecT<T> vld_as(const S* p) {
-  if constexpr (std::is_same_v<S, T>) {
-    return vld(p);
-  } else {
-#if EFFATTN_HAS_SIMD && defined(__AVX512F__)
-    if constexpr (std::is_same_v<S, bf16> && std::is_same_v<T, float> && kL<T> == 16) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      return VecT<T>(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-    }
+#if EFFATTN_HAS_SIMD
+  return simd::load_as<T>(p);
+#else
+  T x;
+  simd::convert(p, &x, 1);
+  return x;
 #endif
-#if EFFATTN_HAS_SIMD && defined(__AVX2__) && !defined(__AVX512F__)
-    if constexpr (std::is_same_v<S, bf16> && std::is_same_v<T, float> && kL<T> == 8) {
-      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-      return VecT<T>(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-    }
-#endif
-    alignas(64) T buf[kL<T>];
-    load_row(p, buf, kL<T>);
-    return vld(static_cast<const T*>(buf));
-  }
 }
 
 // One element stored as S, as T.

@@ -19,9 +19,6 @@
 
 #include <algorithm>
 #include <cmath>
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -31,6 +28,7 @@
 #include "effattn/core/bf16.hpp"
 #include "effattn/core/error.hpp"
 #include "effattn/core/tensor.hpp"
+#include "effattn/simd/vec.hpp"
 
 namespace effattn {
 
@@ -299,28 +297,7 @@ Problem<T, KV> make_problem(const char* op, TensorView<const T> q, TensorView<co
 // Converts a storage row (float, double or bf16) to the compute type.
 template <class T, class S>
 inline void load_row(const S* src, T* dst, int64_t n) {
-  if constexpr (std::is_same_v<S, bf16>) {
-    int64_t i = 0;
-    if constexpr (std::is_same_v<T, float>) {
-      // bf16 -> float is a 16-bit left shift of the bits: widen 16 lanes at a time.
-#if defined(__AVX512F__)
-      for (; i + 16 <= n; i += 16) {
-        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
-        _mm512_storeu_ps(dst + i,
-                         _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-      }
-#elif defined(__AVX2__)
-      for (; i + 8 <= n; i += 8) {
-        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-        _mm256_storeu_ps(dst + i,
-                         _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-      }
-#endif
-    }
-    for (; i < n; ++i) dst[i] = static_cast<T>(bf16::to_float(src[i].bits));
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
-  }
+  simd::convert(src, dst, n);
 }
 
 // Hint: bring the n bytes at p towards the caches (no-op where unsupported). On x86 a volatile

@@ -64,46 +64,9 @@ inline constexpr int64_t kWidenRows = 256;
 inline constexpr int64_t kStreamChunkBytes = int64_t(1) << 20;
 inline constexpr int64_t kStreamPrefetchBytes = 8192;
 
-#if EFFATTN_HAS_SIMD
-// kLanes<T> weights at p, as a register of T.
-template <class T, class W>
-inline simd::Vec<T> load_w(const W* p) {
-  if constexpr (std::is_same_v<W, T>) {
-    return simd::load(p);
-  } else {
-    static_assert(std::is_same_v<W, bf16> && std::is_same_v<T, float>, "bf16 -> float only");
-    // bf16 is the high half of a float: widen to 32 bits and shift left by 16.
-#if defined(__AVX512F__)
-    if constexpr (simd::kLanes<float> == 16) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      return simd::Vec<float>(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-    }
-#endif
-#if defined(__AVX2__)
-    if constexpr (simd::kLanes<float> == 8) {
-      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-      return simd::Vec<float>(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-    }
-#endif
-    alignas(64) float buf[simd::kLanes<float>];
-    for (int64_t i = 0; i < simd::kLanes<float>; ++i) buf[i] = bf16::to_float(p[i].bits);
-    return simd::load(static_cast<const float*>(buf));
-  }
-}
-#endif
-
 // dst [rows, cols] (ld cols) = float(src [rows, cols] (ld lds)).
 inline void widen_tile(const bf16* src, int64_t lds, int64_t rows, int64_t cols, float* dst) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const bf16* s = src + i * lds;
-    float* o = dst + i * cols;
-    int64_t c = 0;
-#if EFFATTN_HAS_SIMD
-    constexpr int64_t L = simd::kLanes<float>;
-    for (; c + L <= cols; c += L) simd::store(o + c, load_w<float>(s + c));
-#endif
-    for (; c < cols; ++c) o[c] = bf16::to_float(s[c].bits);
-  }
+  for (int64_t i = 0; i < rows; ++i) simd::convert(src + i * lds, dst + i * cols, cols);
 }
 
 // C[m, 0:n] = sum_i A[m, i] B[i, 0:n] for m < M, i < K. B is read once, row after row over its
@@ -122,7 +85,7 @@ void stream_gemm_m(int64_t n, int64_t K, const T* A, int64_t lda, const W* B, in
     for (int m = 0; m < M; ++m) a[m] = simd::Vec<T>(A[m * lda + i]);
     for (; c + L <= n; c += L) {
       __builtin_prefetch(b + c + kAhead);  // never faults, even past the end
-      const simd::Vec<T> w = load_w<T>(b + c);
+      const simd::Vec<T> w = simd::load_as<T>(b + c);
       for (int m = 0; m < M; ++m) {  // c[m] += a[m, i] b[i]
         T* cm = C + m * ldc + c;
         simd::store(cm, xsimd::fma(a[m], w, simd::load(cm)));
