@@ -3,8 +3,10 @@
 #pragma once
 
 #include "effattn/layers/attention.hpp"
+#include "effattn/layers/based.hpp"
 #include "effattn/layers/linear.hpp"
 #include "effattn/layers/mla.hpp"
+#include "effattn/layers/moe.hpp"
 #include "effattn/layers/norm.hpp"
 #include "effattn/layers/short_conv.hpp"
 #include "effattn/layers/weights.hpp"
