@@ -4,6 +4,7 @@
 
 #include "effattn/layers/attention.hpp"
 #include "effattn/layers/based.hpp"
+#include "effattn/layers/delta_net.hpp"
 #include "effattn/layers/linear.hpp"
 #include "effattn/layers/mla.hpp"
 #include "effattn/layers/moe.hpp"
