@@ -1,16 +1,17 @@
 // Benchmarks of the gated-linear-recurrence engine (ops/linear_attention, ops/ssm/ssd.hpp).
 //
 // Code paths:
-//   prefill_simple_gla / prefill_gla  chunk form (chunk_head: gemm intra + state passing),
+//   prefill_simple_gla / prefill_gla  chunk form (chunk_head: intra scores, then output and state
+//                                     passing fused per column block of S, chunk_kernels.hpp),
 //                                     B = 1, H = 16, K = V in {64, 128}, T in {2048, 8192, 65536}
 //   prefill_gla_recurrent             recurrent form over the same prefill (recurrent_head), the
 //                                     baseline the chunk form must beat by >= 2x
-//   prefill_ssd                       ssd() -> shared group scores + chunk form, [P, N] state, H =
-//   24, P = 64,
-//                                     N = 128, G = 1, T in {2048, 16384}
+//   prefill_ssd                       ssd() -> shared group scores + chunk form, [P, N] state,
+//                                     H = 24, P = 64, N = 128, G = 1, T in {2048, 16384}
 //   decode_*                          one token from a state (recurrent form, in place), after a
 //                                     prefill of `past` tokens: the cost must not depend on it
-// Counters: GFLOP/s = the FLOPs the chunk form performs (2n^2 (K + V) + 4nKV per chunk of n);
+// Counters: GFLOP/s = the FLOPs the chunk form needs (n(n+1)(K + V) + 4nKV per chunk of n: the
+// causal half of the intra-chunk products, whose upper register tiles the kernel skips);
 // eff_GFLOP/s = the recurrent form's FLOPs (4KV per token and head) over the same time;
 // decode reports GB/s of state traffic (read + write of S). roofline_sgemm / roofline_triad
 // are the same-run peaks.
@@ -29,14 +30,16 @@ EFFATTN_BENCH_ROOFLINE();
 
 namespace {
 
-constexpr int64_t kChunk = 64;
+// The library's default chunk size (the benchmarks measure the default).
+const int64_t kChunk = LinearAttentionParams<float>{}.chunk_size;
 
-// FLOPs of the chunk form for one head: intra QK^T and AV, inter Q S and K^T V.
+// FLOPs of the chunk form for one head: the causal (lower) half of the intra products QK^T and
+// AV, n (n + 1) (K + V), and the inter-chunk products Q S and K^T V, 4 n K V, per chunk of n.
 double chunk_flops(int64_t T, int64_t K, int64_t V, int64_t C = kChunk) {
   double f = 0;
   for (int64_t c0 = 0; c0 < T; c0 += C) {
     const double n = double(std::min(C, T - c0));
-    f += 2 * n * n * (K + V) + 4 * n * K * V;
+    f += n * (n + 1) * (K + V) + 4 * n * K * V;
   }
   return f;
 }
@@ -61,7 +64,6 @@ void prefill(benchmark::State& state) {
   Tensor<float> o({1, T, H, V}), S({1, H, K, V});
   LinearAttentionParams<float> p;
   p.form = form;
-  p.chunk_size = kChunk;
   for (auto _ : state) {
     if (channel)
       gla<float>(q, k, v, g, o, p, {}, S);
@@ -87,17 +89,16 @@ void prefill_ssd(benchmark::State& state) {
   Tensor<float> y({1, T, H, P}), h({1, H, P, N});
   SsdParams<float> p;
   p.dt_softplus = true;
-  p.chunk_size = kChunk;
   for (auto _ : state) {
     ssd<float>(x, dt, A, Bm, Cm, D, dtb, {}, y, p, {}, h);
     benchmark::DoNotOptimize(y.data());
   }
   // The scores C B^T (2 n^2 N per chunk) are computed once for the G = 1 group and shared by
-  // the H heads; each head does A V (2 n^2 P), C S and B^T X (4 n N P).
+  // the H heads; each head does the causal half of A V (n (n + 1) P), C S and B^T X (4 n N P).
   double f = 0;
   for (int64_t c0 = 0; c0 < T; c0 += kChunk) {
     const double n = double(std::min(kChunk, T - c0));
-    f += 2 * n * n * N + H * (2 * n * n * P + 4 * n * N * P);
+    f += 2 * n * n * N + H * (n * (n + 1) * P + 4 * n * N * P);
   }
   set_two_rates(state, f, H * recurrent_flops(T, N, P));
 }

@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "effattn/ops/common/chunk_gates.hpp"
+#include "effattn/ops/common/chunk_kernels.hpp"
 #include "effattn/ops/linear_attention/linear_attention.hpp"
 #include "test_util.hpp"
 
@@ -474,6 +476,87 @@ TEST(ChunkGates, LocalCumsumAndMask) {
   EXPECT_NEAR(A[7], 2 * std::exp(-2.0), 1e-15);
   EXPECT_EQ(A[5], 0.0);
   EXPECT_THROW(chunk_local_cumsum(g.data(), 7, 1, 0, out.data()), Error);
+}
+
+// The fused small products against loops: row counts that are not multiples of the register
+// tile, column ranges with vector and scalar tails, strided / transposed a, tril terms, the
+// lower-triangular output, row scales and beta; then one chunk's output and state passing.
+template <class T>
+void check_chunk_kernels() {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> u(-1, 1);
+  auto fill = [&](std::vector<T>& x, int64_t n) {
+    x.resize(static_cast<size_t>(n));
+    for (auto& e : x) e = T(u(rng));
+  };
+  const double tol = sizeof(T) == 4 ? 1e-5 : 1e-13;
+  for (int64_t m : {1, 7, 8, 13, 37}) {
+    const int64_t depth = 19, cols = 53, ldb = 60, ldc = 61;
+    std::vector<T> a, at, b, b2, c0, rs;
+    fill(a, m * depth);  // a(i, k) = a[i * depth + k], 0 for k > i (the tril contract)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t k = i + 1; k < depth; ++k) a[i * depth + k] = T(0);
+    fill(at, depth * m);   // a(i, k) = at[k * m + i]
+    fill(b, depth * ldb);  // B [depth, ldb]
+    fill(b2, m * ldb);     // B [m, ldb] for the tril term
+    fill(c0, m * ldc);
+    fill(rs, m);
+    const ProductTerm<T> terms[2] = {
+        {at.data(), 1, m, b.data(), ldb, depth, false},
+        {a.data(), depth, 1, b2.data(), ldb, std::min(depth, m), true}};
+    for (int mode = 0; mode < 4; ++mode) {  // 0: zero init, 1: row scale, 2: beta, 3: lower
+      const int64_t col0 = mode == 1 ? 3 : 0, col1 = mode == 3 ? std::min(m, cols) : cols;
+      std::vector<T> c = c0;
+      product_sum(m, col0, col1, terms, 2, c.data(), ldc, mode == 0 || mode == 3,
+                  mode == 1 ? rs.data() : nullptr, T(0.5), mode == 3);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < ldc; ++j) {
+          double want = c0[i * ldc + j];
+          if (j >= col0 && j < col1) {
+            want = mode == 0 || mode == 3 ? 0.0 : (mode == 1 ? rs[i] : 0.5) * want;
+            for (int64_t k = 0; k < depth; ++k) want += double(at[k * m + i]) * b[k * ldb + j];
+            for (int64_t k = 0; k <= std::min(i, depth - 1) && k < m; ++k)
+              want += double(a[i * depth + k]) * b2[k * ldb + j];
+            if (mode == 3 && j > i) want = 0.0;
+          }
+          ASSERT_NEAR(double(c[i * ldc + j]), want, tol)
+              << "m " << m << " mode " << mode << " i " << i << " j " << j;
+        }
+    }
+  }
+  // chunk_output_and_state: O = Qe S + tril(A) V, S = diag(gamma) S + Kd^T V.
+  const int64_t n = 11, K = 21, Vd = 45;
+  std::vector<T> Qe, A, Vm, Kd, gamma, S, S0;
+  fill(Qe, n * K);
+  fill(A, n * n);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = i + 1; j < n; ++j) A[i * n + j] = T(0);
+  fill(Vm, n * Vd);
+  fill(Kd, K * n);  // Kd^T [K, n]
+  fill(gamma, K);
+  fill(S0, K * Vd);
+  S = S0;
+  std::vector<T> O(static_cast<size_t>(n * Vd), T(7));
+  chunk_output_and_state(n, K, Vd, Qe.data(), K, A.data(), n, Vm.data(), Vd, Kd.data(), n,
+                         int64_t(1), gamma.data(), T(1), S.data(), O.data(), Vd);
+  for (int64_t j = 0; j < Vd; ++j) {
+    for (int64_t i = 0; i < n; ++i) {
+      double want = 0;
+      for (int64_t k = 0; k < K; ++k) want += double(Qe[i * K + k]) * S0[k * Vd + j];
+      for (int64_t t = 0; t <= i; ++t) want += double(A[i * n + t]) * Vm[t * Vd + j];
+      EXPECT_NEAR(double(O[i * Vd + j]), want, tol);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      double want = double(gamma[k]) * S0[k * Vd + j];
+      for (int64_t t = 0; t < n; ++t) want += double(Kd[k * n + t]) * Vm[t * Vd + j];
+      EXPECT_NEAR(double(S[k * Vd + j]), want, tol);
+    }
+  }
+}
+
+TEST(ChunkKernels, ProductSumAndOutputState) {
+  check_chunk_kernels<double>();
+  check_chunk_kernels<float>();
 }
 
 // Bad arguments raise effattn::Error naming the argument.

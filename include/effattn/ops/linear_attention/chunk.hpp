@@ -6,13 +6,22 @@
 //   O         = (Q * exp(G)) S + A V                                          (output)
 //   S        <- exp(G_last) * S + (K * exp(G_last - G))^T V                   (state passing)
 //
-// Every dense product goes through gemm(). With a scalar gate exp(G_i - G_j) is a mask on A
-// (apply_decay_mask). With a per-channel gate (GLA) the decay sits inside the dot product, so A
-// is a product of factored rows Q_i exp(G_i - R) and K_j exp(R - G_j) against a reference R:
+// Stages per chunk: gather (feature map), gate cumsum, intra scores A, then output and state
+// passing fused per column block of S (chunk_output_and_state in common/chunk_kernels.hpp: the
+// two output products accumulate together, the block of S stays in cache for its update, the
+// register tiles above the diagonal of A are skipped). The next chunk's rows are prefetched
+// meanwhile. C = 16 by default: the state products (4 K V per token) are the same for any C,
+// the intra products grow with C, and the small fused products lose little at n = 16.
+//
+// Scores: with a scalar gate exp(G_i - G_j) is a mask on A (apply_decay_mask). With a
+// per-channel gate (GLA) the decay sits inside the dot product, so A is a product of factored
+// rows Q_i exp(G_i - R) and K_j exp(R - G_j) against a reference R:
 //   - R = the gate before the chunk (0) for the whole chunk when the chunk's total log-decay
 //     span is at most kSpanLimit: the K factor is then at most exp(kSpanLimit) (no overflow)
 //     and the Q factor at least exp(-kSpanLimit) (no harmful underflow); each product term is
-//     the exact term up to rounding, so precision is that of the direct formula;
+//     the exact term up to rounding, so precision is that of the direct formula. The K factors
+//     are stored transposed (channel_factors), so the score product and the state update
+//     (Kd^T = Kr^T exp(G_last), no exp per element) read them as contiguous rows;
 //   - otherwise sub-blocks of 16 rows with R = the gate just before the sub-block: the
 //     blocks left of the diagonal have both factors <= 1, and a diagonal block whose own span
 //     still exceeds the limit is evaluated term by term with exp(G_i - G_j), j <= i.
@@ -28,6 +37,7 @@
 
 #include "effattn/core/parallel.hpp"
 #include "effattn/ops/common/chunk_gates.hpp"
+#include "effattn/ops/common/chunk_kernels.hpp"
 #include "effattn/ops/common/gemm.hpp"
 #include "effattn/ops/linear_attention/common.hpp"
 #include "effattn/ops/linear_attention/feature_maps.hpp"
@@ -75,7 +85,7 @@ inline T dot_exp_diff(const T* x, const T* y, const T* a, const T* b, int64_t n)
 // Per-head scratch of the chunk form, sized once per call.
 template <class T>
 struct ChunkScratch {
-  std::vector<T> Q, K, Vc, A, G, Qe, Kr, Kd, S, z, den, Gl;
+  std::vector<T> Q, K, Vc, A, G, Qe, Kr, Kd, S, z, den, Gl, KrT, KdT, row;
   ChunkScratch(int64_t C, int64_t Kf, int64_t V, bool channel, bool vscale) {
     auto sz = [](int64_t n) { return static_cast<size_t>(n); };
     Q.resize(sz(C * Kf));
@@ -87,6 +97,9 @@ struct ChunkScratch {
     if (channel) {
       Qe.resize(sz(C * Kf));
       Kr.resize(sz(C * Kf));
+      KrT.resize(sz(Kf * C));
+      KdT.resize(sz(Kf * C));
+      row.resize(sz(Kf));
       Gl.resize(sz(Kf));
     }
     S.resize(sz(Kf * V));
@@ -95,16 +108,48 @@ struct ChunkScratch {
   }
 };
 
-// Intra-chunk scores with per-channel gates: A [n, n] (ld lda) from Q, K, G [n, Kf] (ld Kf).
-// Also leaves Qe = Q * exp(G) [n, Kf] for the output product. See the file comment. Returns
-// true when the whole chunk was one factored block: Kr then holds K * exp(-G) for every row.
+// Factored rows of a chunk whose log-decay span is at most kSpanLimit (see the file comment):
+// Qe [n, Kf] = Q * exp(G), KrT [Kf, n] (ld ldt) = (K * exp(-G))^T, transposed so that the score
+// product and the state update read it as contiguous rows. `row` [Kf] is scratch.
 template <class T>
-bool intra_channel(int64_t n, int64_t Kf, const T* Q, const T* K, const T* G, T* A, int64_t lda,
-                   T* Qe, T* Kr) {
-  T span = T(0);  // -min_k G_last[k]: the chunk's largest total log-decay
+void channel_factors(int64_t n, int64_t Kf, const T* Q, const T* K, const T* G, T* Qe, T* KrT,
+                     int64_t ldt, T* row) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T *q = Q + i * Kf, *kk = K + i * Kf, *g = G + i * Kf;
+    T* qe = Qe + i * Kf;
+    int64_t k = 0;
+#if EFFATTN_HAS_SIMD
+    constexpr int64_t L = simd::kLanes<T>;
+    for (; k + L <= Kf; k += L) {
+      const simd::Vec<T> e = simd::exp(simd::load(g + k));  // e = exp(G_i) in (0, 1]
+      simd::store(qe + k, simd::load(q + k) * e);           // Qe_i = Q_i e
+      simd::store(row + k, simd::load(kk + k) / e);         // Kr_i = K_i / e <= K_i e^span
+    }
+#endif
+    for (; k < Kf; ++k) {
+      const T e = simd::exp_scalar(g[k]);
+      qe[k] = q[k] * e;
+      row[k] = kk[k] / e;
+    }
+    for (k = 0; k < Kf; ++k) KrT[k * ldt + i] = row[k];
+  }
+}
+
+// The chunk's largest total log-decay, -min_k G_last[k].
+template <class T>
+T channel_span(int64_t n, int64_t Kf, const T* G) {
+  T span = T(0);
   for (int64_t k = 0; k < Kf; ++k) span = std::max(span, -G[(n - 1) * Kf + k]);
-  const bool one_block = span <= kSpanLimit<T>;
-  const int64_t bs = one_block ? n : std::min(kSubBlock, n);
+  return span;
+}
+
+// Intra-chunk scores with per-channel gates for a chunk whose span exceeds kSpanLimit: A [n, n]
+// (ld lda) from Q, K, G [n, Kf] (ld Kf) in 16-row sub-blocks (see the file comment). Also
+// leaves Qe = Q * exp(G) [n, Kf] for the output product. Kr [n, Kf] is scratch.
+template <class T>
+void intra_channel_blocked(int64_t n, int64_t Kf, const T* Q, const T* K, const T* G, T* A,
+                           int64_t lda, T* Qe, T* Kr) {
+  const int64_t bs = std::min(kSubBlock, n);
   for (int64_t i0 = 0; i0 < n; i0 += bs) {
     const int64_t i1 = std::min(i0 + bs, n), ni = i1 - i0;
     const T* R = i0 == 0 ? nullptr : G + (i0 - 1) * Kf;  // reference gate row (null = 0)
@@ -130,7 +175,6 @@ bool intra_channel(int64_t n, int64_t Kf, const T* Q, const T* K, const T* G, T*
         mul_exp_diff<T>(Q + i * Kf, G + i * Kf, nullptr, Qe + i * Kf, Kf);
     }
   }
-  return one_block;
 }
 
 // Unmasked, undecayed intra-chunk scores A[i, j] = scale phi(q_i).phi(k_j) [n, n] (ld lda) for
@@ -201,6 +245,19 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io, const T* shared = null
       ldv = io.v_st;
     }
   };
+  // The next chunk's input (and output) rows, prefetched during this chunk's products.
+  auto next_chunk_rows = [&](int64_t c0) {
+    PrefetchRows pf;
+    if (c0 >= io.len) return pf;
+    const int64_t e = sizeof(T);
+    pf.rows = std::min(C, io.len - c0);
+    pf.add(io.q + c0 * io.q_st, io.q_st * e, K * e);
+    pf.add(io.k + c0 * io.k_st, io.k_st * e, K * e);
+    if (channel) pf.add(io.g + c0 * io.g_st, io.g_st * e, Kf * e);
+    pf.add(io.v + c0 * io.v_st, io.v_st * e, V * e);
+    pf.add(io.o + c0 * io.o_st, io.o_st * e, V * e);
+    return pf;
+  };
   // Divides the output rows by scale phi(q).z + eps, den_i = Qe_i . z + sum_j A_ij.
   auto normalize_rows = [&](int64_t n, const T* Qe, const T* Ause, T* O) {
     for (int64_t i = 0; i < n; ++i) {
@@ -236,6 +293,7 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io, const T* shared = null
       const T* vp;
       int64_t ldv;
       gather(c0, n, true, true, vp, ldv);
+      PrefetchRows pf = next_chunk_rows(c0 + C);
       // Gates: G = chunk-local inclusive cumsum of the log-gates.
       if (scalar) {
         if (io.g) {
@@ -251,8 +309,15 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io, const T* shared = null
       const T* Qe = Q;
       bool one_block = false;
       if (channel) {
-        one_block = intra_channel(n, Kf, Q, Kc, G, A, C, w.Qe.data(), w.Kr.data());
         Qe = w.Qe.data();
+        one_block = channel_span(n, Kf, G) <= kSpanLimit<T>;
+        if (one_block) {  // A = tril(Qe Kr^T): only the register tiles on or below the diagonal
+          channel_factors(n, Kf, Q, Kc, G, w.Qe.data(), w.KrT.data(), C, w.row.data());
+          const ProductTerm<T> qk{Qe, Kf, 1, w.KrT.data(), C, Kf, false};
+          product_sum(n, 0, n, &qk, 1, A, C, true, static_cast<const T*>(nullptr), T(1), true);
+        } else {
+          intra_channel_blocked(n, Kf, Q, Kc, G, A, C, w.Qe.data(), w.Kr.data());
+        }
       } else {
         if (shared) {  // copy the shared scores, lower triangle
           const T* src = shared + (c0 / C) * C * C;
@@ -264,14 +329,12 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io, const T* shared = null
         if (scalar)  // Qe_i = Q_i exp(G_i)
           for (int64_t i = 0; i < n; ++i) simd::scale(simd::exp_scalar(G[i]), Q + i * Kf, Kf);
       }
-      // O = Qe S + A V, written straight into o's rows.
-      T* O = io.o + c0 * io.o_st;
-      gemm<T>(n, V, Kf, Qe, Kf, Trans::kNo, S, V, Trans::kNo, O, io.o_st);
-      gemm<T>(n, V, n, A, C, Trans::kNo, vp, ldv, Trans::kNo, O, io.o_st, T(1), T(1));
-      if (p.normalize) normalize_rows(n, Qe, A, O);
-      // State passing: S = exp(G_last) S + Kd^T V, Kd_j = K_j exp(G_last - G_j).
-      const T* Kuse = Kc;
+      // Decayed keys and the state's decay: S <- diag(gamma) S + Kd^T V, Kd_j = K_j exp(G_last -
+      // G_j).
+      const T* Kuse = Kc;  // Kd_j[k] at Kuse[k * kd_k + j * kd_j]
+      int64_t kd_k = 1, kd_j = Kf;
       T beta = T(1);
+      const T* gamma = nullptr;
       if (scalar) {
         const T gl = G[n - 1];
         for (int64_t j = 0; j < n; ++j) {
@@ -280,25 +343,36 @@ void chunk_head(const Problem<T>& p, const HeadIO<T>& io, const T* shared = null
         }
         Kuse = Kd;
         beta = simd::exp_scalar(gl);
-        simd::scale(beta, z, Kf);
       } else if (channel) {
         const T* gl = G + (n - 1) * Kf;
         T* el = w.Gl.data();  // exp(G_last) [Kf]
         simd::exp(gl, el, Kf);
-        if (one_block)  // Kd_j = (K_j exp(-G_j)) exp(G_last): a product instead of n Kf exps
-          for (int64_t j = 0; j < n; ++j) simd::mul(w.Kr.data() + j * Kf, el, Kd + j * Kf, Kf);
-        else
+        if (one_block) {  // Kd^T[k, :] = Kr^T[k, :] exp(G_last[k]): no exp per element
+          for (int64_t k = 0; k < Kf; ++k) {
+            const T *src = w.KrT.data() + k * C, ek = el[k];
+            T* dst = w.KdT.data() + k * C;
+            for (int64_t j = 0; j < n; ++j) dst[j] = ek * src[j];
+          }
+          Kuse = w.KdT.data();
+          kd_k = C;
+          kd_j = 1;
+        } else {
           for (int64_t j = 0; j < n; ++j)
             mul_exp_diff(Kc + j * Kf, gl, G + j * Kf, Kd + j * Kf, Kf);
-        Kuse = Kd;
-        for (int64_t k = 0; k < Kf; ++k) {
-          simd::scale(el[k], S + k * V, V);
-          z[k] *= el[k];
+          Kuse = Kd;
         }
+        gamma = el;
       }
-      gemm<T>(Kf, V, n, Kuse, Kf, Trans::kYes, vp, ldv, Trans::kNo, S, V, T(1), beta);
-      if (p.normalize)
-        for (int64_t j = 0; j < n; ++j) simd::axpy(T(1), Kuse + j * Kf, z, Kf);
+      // O = Qe S + A V (written straight into o's rows), then the state passing.
+      T* O = io.o + c0 * io.o_st;
+      chunk_output_and_state(n, Kf, V, Qe, Kf, A, C, vp, ldv, Kuse, kd_k, kd_j, gamma, beta, S, O,
+                             io.o_st, &pf);
+      if (p.normalize) {
+        normalize_rows(n, Qe, A, O);  // reads z before this chunk
+        for (int64_t k = 0; k < Kf; ++k) z[k] *= gamma ? gamma[k] : beta;
+        for (int64_t k = 0; k < Kf; ++k)  // z += sum_j Kd_j
+          for (int64_t j = 0; j < n; ++j) z[k] += Kuse[k * kd_k + j * kd_j];
+      }
     }
   }
   if (io.sT)
