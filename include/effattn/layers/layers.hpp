@@ -6,6 +6,7 @@
 #include "effattn/layers/based.hpp"
 #include "effattn/layers/delta_net.hpp"
 #include "effattn/layers/linear.hpp"
+#include "effattn/layers/mamba.hpp"
 #include "effattn/layers/mla.hpp"
 #include "effattn/layers/moe.hpp"
 #include "effattn/layers/norm.hpp"
