@@ -11,10 +11,13 @@
 //   decode           attention() with Tq = 1 -> split-K decode path (attention_decode_run),
 //                    Hq=32, Hkv=8, K=V=128, float or bf16 keys/values. GB/s counts the K and V
 //                    bytes read once.
+//   decode_read      no attention: the sum of every float of decode's K and V caches, the read
+//                    ceiling of decode on this machine (GB/s counts bytes read, like decode).
 #include <sys/resource.h>
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "bench_common.hpp"
 #include "effattn/ops/attention/attention.hpp"
@@ -109,6 +112,45 @@ void decode(benchmark::State& state) {
   bench::set_rates(state, 4.0 * double(Tk) * D * Hq, 2.0 * double(Tk) * Hkv * D * sizeof(KV));
 }
 
+// Args: {Tk, threads}. The read ceiling of decode: the sum of every float of the decode case's
+// K and V caches ([1, Tk, 8, 128] each), keys split in contiguous halves across threads. GB/s
+// counts the bytes read, as decode does (the triad counts 2 reads + 1 write, and the write
+// also costs a read for ownership, so a pure read usually streams faster than the triad).
+void decode_read(benchmark::State& state) {
+  const int64_t Tk = state.range(0), Hkv = 8, D = 128, n = Tk * Hkv * D;
+  const int threads = static_cast<int>(state.range(1));
+  bench::use_threads(threads);
+  const Tensor<float> k = bench::random_tensor<float>({1, Tk, Hkv, D}, 2);
+  const Tensor<float> v = bench::random_tensor<float>({1, Tk, Hkv, D}, 3);
+  std::vector<float> part(static_cast<std::size_t>(threads) * 16);
+  for (auto _ : state) {
+    parallel_for(
+        0, threads,
+        [&](int64_t t) {
+          const int64_t lo = n * t / threads, hi = n * (t + 1) / threads;
+          const float *pk = k.data(), *pv = v.data();
+          int64_t i = lo;
+          float s = 0;
+#if EFFATTN_HAS_SIMD
+          simd::Vec<float> a(0.f), b(0.f), c(0.f), d(0.f);
+          constexpr int64_t L = simd::kLanes<float>;
+          for (; i + 2 * L <= hi; i += 2 * L) {  // s += k[i] + v[i]
+            a += simd::load(pk + i);
+            b += simd::load(pv + i);
+            c += simd::load(pk + i + L);
+            d += simd::load(pv + i + L);
+          }
+          s = simd::hsum(a + b + c + d);
+#endif
+          for (; i < hi; ++i) s += pk[i] + pv[i];
+          part[static_cast<std::size_t>(t) * 16] = s;
+        },
+        threads);
+    benchmark::DoNotOptimize(part.data());
+  }
+  bench::set_rates(state, 0, 2.0 * double(n) * sizeof(float));
+}
+
 }  // namespace
 
 EFFATTN_BENCH_ROOFLINE();
@@ -132,6 +174,11 @@ BENCHMARK(prefill_long)
     ->UseRealTime();
 BENCHMARK(decode<float>)
     ->Name("decode_f32")
+    ->ArgNames({"Tk", "threads"})
+    ->ArgsProduct({{8192, 32768}, {1, 2}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(decode_read)
     ->ArgNames({"Tk", "threads"})
     ->ArgsProduct({{8192, 32768}, {1, 2}})
     ->Unit(benchmark::kMicrosecond)
