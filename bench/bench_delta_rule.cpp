@@ -9,7 +9,8 @@
 //
 // Counters: GFLOP/s = the form's own FLOPs; eff_GFLOP/s = the recurrent FLOP count 7 K V per
 // token and head (decay, S^T k, update, readout) over the measured time, comparable across
-// forms; decode also GB/s = state bytes read + written. The chunk form's FLOPs per chunk of C:
+// forms; decode also GB/s = state bytes read + written. The chunk form's FLOPs per chunk of C
+// (dense count; the triangular products skip about a third of the intra-chunk part):
 // 2 (2 C^2 K [A, P] + C^2 (K + V) [W, U] + 3 C K V [U -= W S, Q S, S += K^T U] + C^2 V [P U]).
 #include <cstdlib>
 

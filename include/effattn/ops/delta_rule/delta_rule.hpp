@@ -19,11 +19,10 @@
 
 namespace effattn {
 
-// Dispatches to the form params.algo names. kAuto runs the chunked form for the prefill of
-// DeltaNet / Gated DeltaNet (sequences of >= 64 tokens on average) and the recurrent form
-// otherwise: decode and speculative verification, and KDA, whose column-tiled recurrent loop
-// measured faster than its chunked form here (bench_delta_rule, H = 16, K = V = 128, 2 threads:
-// KDA T = 2048 recurrent 28 ms vs chunk 32 ms; Gated DeltaNet chunk 25 ms vs recurrent 27 ms).
+// Dispatches to the form params.algo names. kAuto runs the chunked form for prefill (sequences
+// of >= 64 tokens on average) and the recurrent form for decode and speculative verification
+// (bench_delta_rule, H = 16, K = V = 128, T = 2048, 2 threads: Gated DeltaNet chunk ~15 ms vs
+// recurrent ~26 ms, KDA chunk ~20 ms vs recurrent ~31 ms).
 template <class T>
 void delta_rule_forward(TensorView<const T> q, TensorView<const T> k, TensorView<const T> v,
                         TensorView<const T> beta, TensorView<const T> g, TensorView<T> o,
@@ -34,8 +33,7 @@ void delta_rule_forward(TensorView<const T> q, TensorView<const T> k, TensorView
     const int64_t T_ = q.ndim() == 4 ? q.size(1) : 0;
     const int64_t seqs = p.cu_seqlens.empty() ? 1 : int64_t(p.cu_seqlens.size()) - 1;
     const int64_t avg_len = seqs > 0 ? T_ / seqs : 0;
-    const bool per_channel = !g.empty() && g.ndim() == 4;
-    algo = avg_len < 64 || per_channel ? DeltaRuleAlgo::kRecurrent : DeltaRuleAlgo::kChunk;
+    algo = avg_len < 64 ? DeltaRuleAlgo::kRecurrent : DeltaRuleAlgo::kChunk;
   }
   switch (algo) {
     case DeltaRuleAlgo::kNaive:

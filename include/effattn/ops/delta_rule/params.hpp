@@ -210,6 +210,24 @@ class TokenReader {
 #endif
   }
 
+  // Loads one element of every cache line of token t's rows and returns their sum, so that the
+  // rows are in cache when a later gather reads them. One head's rows sit on a new 4 KB page
+  // every token; in the chunk form (GDN, H = 16, K = V = 128, T = 2048, 1 thread) touching the
+  // next chunk's rows during the state pass gave 28.0 ms, software prefetch 29.0, nothing 30.7.
+  T touch(int64_t b, int64_t t, int64_t hv) const {
+    constexpr int64_t kLine = int64_t(64 / sizeof(T));
+    const int64_t h = qk_head(hv);
+    const T *qr = q_.ptr(b, t, h), *kr = k_.ptr(b, t, h), *vr = v_.ptr(b, t, hv);
+    T s = 0;
+    for (int64_t i = 0; i < pr_.K; i += kLine) s += qr[i] + kr[i];
+    for (int64_t i = 0; i < pr_.V; i += kLine) s += vr[i];
+    if (pr_.gate == DeltaRuleGate::kChannel) {
+      const T* gr = g_.ptr(b, t, hv);
+      for (int64_t i = 0; i < pr_.K; i += kLine) s += gr[i];
+    }
+    return s;
+  }
+
   T beta(int64_t b, int64_t t, int64_t hv) const {
     const T x = beta_(b, t, hv);
     return p_.beta_is_logit ? simd::sigmoid_scalar(x) : x;
