@@ -17,10 +17,11 @@
 // prefill of c tokens left behind, so "flat in c" is measured, not assumed). Each case reports
 // its FLOPs and bytes (counters GFLOP, GB as rates; flops, bytes, state_bytes, T, ctx raw).
 //
-// FLOP conventions (documented in the report): attention 4 * pairs * D per head; the chunked
-// linear mixers the dense products of their chunked algorithm at C = 64 (2 C (K + V) + 4 K V per
-// token and head, the delta rule adds the W / U / K K^T products: 2 C (2 K + V) + 6 K V); the
-// Mamba-1 scan 9 * d * N per token. Decode bytes: the cache or state read (and written back).
+// FLOP conventions (documented in the report; independent of how an op computes): attention
+// 4 * pairs * D per head; the linear-time mixers the FLOPs of their recurrent form per token and
+// head (4 K V for the gated linear family, 7 K V for the delta rule, 9 d N per token for the
+// Mamba-1 scan), so a chunked form's "effective" rate compares across mixers and with sgemm.
+// Decode bytes: the cache or state read (and written back).
 //
 // Flags (before Google Benchmark's own): --suite=tiny|default|full picks the grids: default
 // T = 256..65536 and ctx = 1K..64K (a few minutes on 2 cores), full T to 128K and ctx to 256K.
@@ -69,10 +70,11 @@ void counters(benchmark::State& st, double flops, double bytes, double state_byt
   st.counters["threads"] = double(get_num_threads(0));
 }
 
-// FLOPs of the chunked linear forms per head (C = 64), see the header comment.
-double linear_flops(int64_t T, bool delta) {
-  const double C = 64, K = kD, V = kD;
-  return double(T) * (delta ? 2 * C * (2 * K + V) + 6 * K * V : 2 * C * (K + V) + 4 * K * V);
+// Effective FLOPs of a linear-time mixer over T tokens, all heads (see the header comment).
+double linear_flops(const std::string& mixer, int64_t T) {
+  if (mixer == "mamba1") return 9.0 * double(T) * kScanD * kScanN;
+  const double per_token = (mixer == "gdn" || mixer == "kda") ? 7.0 : 4.0;
+  return per_token * double(T) * kH * kD * kD;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,9 +193,7 @@ void prefill_case(benchmark::State& st, std::string mixer, int64_t T) {
   auto nbytes = [](const Tensor<float>& t) { return t.data() ? double(t.numel()) * 4 : 0.0; };
   const double in_bytes =
       nbytes(r.q) + nbytes(r.k) + nbytes(r.v) + nbytes(r.g) + nbytes(r.beta) + nbytes(out);
-  const double flops = mixer == "mamba1"
-                           ? 9.0 * T * kScanD * kScanN
-                           : heads * linear_flops(T, mixer == "gdn" || mixer == "kda");
+  const double flops = linear_flops(mixer, T);
   counters(st, flops, in_bytes, double(r.state_bytes()), T, 0);
 }
 
@@ -226,9 +226,7 @@ void decode_case(benchmark::State& st, std::string mixer, int64_t ctx) {
       benchmark::DoNotOptimize(o.data());
     }
     const double sb = double(r.state_bytes());
-    const double flops = mixer == "mamba1"                    ? 9.0 * kScanD * kScanN
-                         : (mixer == "gdn" || mixer == "kda") ? 7.0 * kH * kD * kD
-                                                              : 4.0 * kH * kD * kD;
+    const double flops = linear_flops(mixer, 1);
     counters(st, flops, 2.0 * sb, sb, 1, ctx);
   }
 }

@@ -237,11 +237,12 @@ def main():
     table("State / KV-cache bytes", state, "ctx", fmt_bytes)
 
     L.append("## Rates against the same-run roofline\n")
-    L.append("Prefill: GFLOP/s on the FLOP counts of bench_suite.cpp's header (attention "
-             "4*pairs*D per head; chunked linear mixers the dense products of the chunked "
-             "algorithm at C = 64; Mamba-1 9*d*N per token) as a fraction of sgemm. Decode: GB/s of "
-             "cache or state traffic as a fraction of triad (a state that fits in cache can "
-             "exceed 100%).\n")
+    L.append("Prefill: GFLOP/s on implementation-independent FLOP counts (bench_suite.cpp's "
+             "header: attention 4*pairs*D per head; the linear-time mixers their recurrent "
+             "form's FLOPs, 4KV per token and head for the gated linear family, 7KV for the delta "
+             "rule, 9dN for the Mamba-1 scan; a chunked form's rate is thus an effective rate) as "
+             "a fraction of sgemm. Decode: GB/s of cache or state traffic as a fraction of triad "
+             "(a state that fits in cache can exceed 100%).\n")
     L.append("| mixer | prefill T | GFLOP/s | % sgemm | decode ctx | GB/s | % triad |")
     L.append("|---|---|---|---|---|---|---|")
     for m in MIXERS:
