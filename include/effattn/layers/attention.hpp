@@ -50,39 +50,6 @@
 
 namespace effattn::layers {
 
-namespace attn_layer_detail {
-
-// Linear takes [..., C] views whose leading dims collapse into one row stride; a time slice of
-// a [B, T, C] buffer (a chunk of a longer sequence) does not. These pass such views through a
-// contiguous copy. (Local helpers: Linear itself could loop over B instead.)
-template <class T>
-bool collapses(const TensorView<T>& v) {
-  return v.ndim() == 3 && (v.size(2) <= 1 || v.stride(2) == 1) &&
-         (v.size(0) <= 1 || v.size(1) <= 1 || v.stride(0) == v.stride(1) * v.size(1));
-}
-
-// x itself, or a contiguous copy of it held in *buf.
-template <class T>
-TensorView<const T> rows_in(TensorView<const T> x, Tensor<T>* buf) {
-  if (collapses(x)) return x;
-  *buf = Tensor<T>(x.shape());
-  buf->copy_from(x);
-  return buf->view();
-}
-
-// Calls f(out) with y itself, or with a contiguous buffer copied into y afterwards.
-template <class T, class F>
-void rows_out(TensorView<T> y, F&& f) {
-  if (collapses(y)) return f(y);
-  Tensor<T> buf(y.shape());
-  f(buf.view());
-  for (int64_t b = 0; b < y.size(0); ++b)
-    for (int64_t t = 0; t < y.size(1); ++t)
-      for (int64_t c = 0; c < y.size(2); ++c) y(b, t, c) = buf(b, t, c);
-}
-
-}  // namespace attn_layer_detail
-
 struct AttentionConfig {
   int64_t hidden = 0;        // d: width of x and y
   int64_t num_heads = 0;     // Hq
@@ -195,7 +162,7 @@ class Attention {
           ", window ", config.sliding_window, "): make it with make_state(B, capacity)");
     if (Tn == 0) return;
     Tensor<T> xbuf, q, k, v;
-    x = attn_layer_detail::rows_in(x, &xbuf);
+    x = detail::rows_in(x, &xbuf);
     project_qkv(x, x, state.position(), &q, &k, &v);
     Tensor<T> o({B, Tn, num_heads(), head_dim()});
     cached_attention<T, KV>(q, k, v, state.cache, o, params(true));
@@ -217,7 +184,7 @@ class Attention {
     check_shape(L, "y", TensorView<const T>(y), {B, Tn, hidden()}, "[B, T, d]");
     if (Tn == 0) return;
     Tensor<T> xbuf, q, k, v;
-    x = attn_layer_detail::rows_in(x, &xbuf);
+    x = detail::rows_in(x, &xbuf);
     project_qkv(x, x, 0, &q, &k, &v);
     Tensor<T> o({B, Tn, num_heads(), head_dim()});
     attention<T, T>(q, k, v, o, params(config.causal));
@@ -241,7 +208,7 @@ class Attention {
     c.v = Tensor<KV>(v.shape());
     if (Tk == 0) return c;
     Tensor<T> cbuf;
-    ctx = attn_layer_detail::rows_in(ctx, &cbuf);
+    ctx = detail::rows_in(ctx, &cbuf);
     k_proj.forward(ctx, k.view().reshape({B, Tk, num_kv_heads() * head_dim()}));
     v_proj.forward(ctx, v.view().reshape({B, Tk, num_kv_heads() * head_dim()}));
     if (config.qk_norm) k_norm.forward(k, k);
@@ -263,7 +230,7 @@ class Attention {
           "encode_context)");
     if (Tq == 0) return;
     Tensor<T> xbuf, q({B, Tq, num_heads(), head_dim()});
-    x = attn_layer_detail::rows_in(x, &xbuf);
+    x = detail::rows_in(x, &xbuf);
     q_proj.forward(x, q.view().reshape({B, Tq, num_heads() * head_dim()}));
     if (config.qk_norm) q_norm.forward(q, q);
     Tensor<T> o({B, Tq, num_heads(), head_dim()});
@@ -327,7 +294,7 @@ class Attention {
   void project_out(const Tensor<T>& o, TensorView<T> y) const {
     const TensorView<const T> o3 =
         o.view().reshape({o.size(0), o.size(1), num_heads() * head_dim()});
-    attn_layer_detail::rows_out(y, [&](TensorView<T> out) { o_proj.forward(o3, out); });
+    detail::rows_out(y, [&](TensorView<T> out) { o_proj.forward(o3, out); });
   }
 
   void check_self() const {

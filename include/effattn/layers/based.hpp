@@ -32,7 +32,6 @@
 #include "effattn/core/error.hpp"
 #include "effattn/core/tensor.hpp"
 #include "effattn/io/safetensors.hpp"
-#include "effattn/layers/attention.hpp"
 #include "effattn/layers/linear.hpp"
 #include "effattn/layers/weights.hpp"
 #include "effattn/ops/linear_attention/linear_attention.hpp"
@@ -173,7 +172,7 @@ class LinearAttention {
     check_shape("LinearAttention", "y", TensorView<const T>(y), {B, Tn, hidden()}, "[B, T, d]");
     if (Tn == 0) return;
     Tensor<T> xbuf;
-    x = attn_layer_detail::rows_in(x, &xbuf);
+    x = detail::rows_in(x, &xbuf);
     Tensor<T> q({B, Tn, H, K}), k({B, Tn, H, K}), v({B, Tn, H, V}), o({B, Tn, H, V});
     q_proj.forward(x, q.view().reshape({B, Tn, H * K}));
     k_proj.forward(x, k.view().reshape({B, Tn, H * K}));
@@ -190,7 +189,7 @@ class LinearAttention {
       linear_attention<T>(q, k, v, o, p);
     }
     const TensorView<const T> o3 = o.view().reshape({B, Tn, H * V});
-    attn_layer_detail::rows_out(y, [&](TensorView<T> out) { o_proj.forward(o3, out); });
+    detail::rows_out(y, [&](TensorView<T> out) { o_proj.forward(o3, out); });
   }
 };
 

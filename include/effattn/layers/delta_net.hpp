@@ -119,31 +119,6 @@ inline DeltaLayerConfig checked(const char* L, DeltaLayerConfig c) {
   return c;
 }
 
-// Linear takes [..., C] views whose leading dims collapse into one row stride; a time slice of a
-// [B, T, C] buffer (a chunk of a longer sequence, B > 1) does not. (The same helpers as
-// attention.hpp's; both would sit better in linear.hpp.)
-template <class T>
-bool collapses(const TensorView<T>& v) {
-  return v.ndim() == 3 && (v.size(2) <= 1 || v.stride(2) == 1) &&
-         (v.size(0) <= 1 || v.size(1) <= 1 || v.stride(0) == v.stride(1) * v.size(1));
-}
-template <class T>
-TensorView<const T> rows_in(TensorView<const T> x, Tensor<T>* buf) {
-  if (collapses(x)) return x;
-  *buf = Tensor<T>(x.shape());
-  buf->copy_from(x);
-  return buf->view();
-}
-template <class T, class F>
-void rows_out(TensorView<T> y, F&& f) {
-  if (collapses(y)) return f(y);
-  Tensor<T> buf(y.shape());
-  f(buf.view());
-  for (int64_t b = 0; b < y.size(0); ++b)
-    for (int64_t t = 0; t < y.size(1); ++t)
-      for (int64_t c = 0; c < y.size(2); ++c) y(b, t, c) = buf(b, t, c);
-}
-
 // p [n] = values of `f(i)`, for a parameter whose init is not a plain uniform.
 template <class T, class F>
 void fill_with(Param<T>& p, F&& f) {
@@ -228,7 +203,7 @@ void output(const GatedRMSNorm<T>& norm, const Linear<T, S>& o_proj, Tensor<T>& 
   const int64_t B = o.size(0), Tn = o.size(1);
   norm.forward(o, gate.view().reshape(o.shape()), o);
   const TensorView<const T> o3 = o.view().reshape({B, Tn, o.size(2) * o.size(3)});
-  rows_out(y, [&](TensorView<T> out) { o_proj.forward(o3, out); });
+  detail::rows_out(y, [&](TensorView<T> out) { o_proj.forward(o3, out); });
 }
 
 }  // namespace delta_layer_detail
@@ -289,7 +264,7 @@ class GatedDeltaNet {
                   V = head_v_dim();
     if (Tn == 0) return;
     Tensor<T> xbuf, q, k, v;
-    x = dd::rows_in(x, &xbuf);
+    x = detail::rows_in(x, &xbuf);
     dd::QkvConv<T, S>::run(q_proj, k_proj, v_proj, q_conv1d, k_conv1d, v_conv1d, x, state, &q, &k,
                            &v);
     Tensor<T> a({B, Tn, HV}), beta({B, Tn, HV});
@@ -445,7 +420,7 @@ class KimiDeltaAttention {
                   V = head_v_dim(), G = HV / H;
     if (Tn == 0) return;
     Tensor<T> xbuf, q, k, v;
-    x = dd::rows_in(x, &xbuf);
+    x = detail::rows_in(x, &xbuf);
     dd::QkvConv<T, S>::run(q_proj, k_proj, v_proj, q_conv1d, k_conv1d, v_conv1d, x, state, &q, &k,
                            &v);
     Tensor<T> lat({B, Tn, V}), f({B, Tn, H * K}), beta({B, Tn, H});

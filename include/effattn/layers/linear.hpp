@@ -242,6 +242,37 @@ void linear_rows(Rows<const T> x, const S* W, int64_t in, int64_t out, const T* 
       threads);
 }
 
+// Views whose leading dims collapse into one row stride are what Linear takes; a time slice of a
+// [B, T, C] buffer (a piece of a longer sequence, B > 1) does not. Layers pass such views through
+// a contiguous copy with rows_in / rows_out.
+template <class T>
+bool collapses(const TensorView<T>& v) {
+  return v.ndim() == 3 && (v.size(2) <= 1 || v.stride(2) == 1) &&
+         (v.size(0) <= 1 || v.size(1) <= 1 || v.stride(0) == v.stride(1) * v.size(1));
+}
+
+// x itself, or a contiguous copy of it held in *buf.
+template <class T>
+TensorView<const T> rows_in(TensorView<const T> x, Tensor<T>* buf) {
+  if (collapses(x)) return x;
+  *buf = Tensor<T>(x.shape());
+  buf->copy_from(x);
+  return buf->view();
+}
+
+// Calls f(out) with y itself, or with a contiguous buffer copied into y afterwards.
+template <class T, class F>
+void rows_out(TensorView<T> y, F&& f) {
+  if (collapses(y)) return f(y);
+  Tensor<T> buf(y.shape());
+  f(buf.view());
+  for (int64_t b = 0; b < y.size(0); ++b)
+    for (int64_t t = 0; t < y.size(1); ++t) {
+      const T* src = buf.data() + (b * y.size(1) + t) * y.size(2);
+      std::copy(src, src + y.size(2), y.ptr(b, t));
+    }
+}
+
 }  // namespace detail
 
 // y = x W^T + b. weight [out, in] stored as S, bias [out] (optional) kept in T.

@@ -94,34 +94,12 @@ void check_state(const char* L, const char* arg, const Tensor<T>& s, const Shape
         " (make it with make_state(B))");
 }
 
-// Linear reads and writes [..., C] views whose leading dims collapse into one row stride; a time
-// slice of a [B, T, C] buffer (a piece of a longer sequence, B > 1) does not. These pass such
-// views through a contiguous copy. (The same helpers as the Attention layer's: both would sit
-// better in linear.hpp.)
-template <class T>
-bool collapses(const TensorView<T>& v) {
-  return v.ndim() == 3 && (v.size(2) <= 1 || v.stride(2) == 1) &&
-         (v.size(0) <= 1 || v.size(1) <= 1 || v.stride(0) == v.stride(1) * v.size(1));
-}
-
-// The projection lin(x) into y [B, T, out], copying x or y through contiguous buffers when their
-// rows do not collapse.
+// The projection lin(x) into y [B, T, out], through contiguous copies when x or y is a time slice.
 template <class T, class S>
 void project(const Linear<T, S>& lin, TensorView<const T> x, TensorView<T> y) {
   Tensor<T> xbuf;
-  if (!collapses(x)) {
-    xbuf = Tensor<T>(x.shape());
-    xbuf.copy_from(x);
-    x = xbuf.view();
-  }
-  if (collapses(y)) return lin.forward(x, y);
-  Tensor<T> ybuf(y.shape());
-  lin.forward(x, ybuf);
-  for (int64_t b = 0; b < y.size(0); ++b)
-    for (int64_t t = 0; t < y.size(1); ++t) {
-      const T* src = ybuf.data() + (b * y.size(1) + t) * y.size(2);
-      std::copy(src, src + y.size(2), y.ptr(b, t));
-    }
+  x = detail::rows_in(x, &xbuf);
+  detail::rows_out(y, [&](TensorView<T> out) { lin.forward(x, out); });
 }
 
 // Runs f(x piece, y piece) over time pieces of at most `piece` tokens (0: one piece). A long

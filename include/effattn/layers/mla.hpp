@@ -46,7 +46,7 @@
 #include "effattn/core/parallel.hpp"
 #include "effattn/core/tensor.hpp"
 #include "effattn/io/safetensors.hpp"
-#include "effattn/layers/attention.hpp"  // attn_layer_detail
+#include "effattn/layers/attention.hpp"
 #include "effattn/layers/linear.hpp"
 #include "effattn/layers/norm.hpp"
 #include "effattn/layers/weights.hpp"
@@ -186,7 +186,7 @@ class MultiHeadLatentAttention {
           state.capacity());
     if (Tn == 0) return;
     Tensor<T> xbuf;
-    x = attn_layer_detail::rows_in(x, &xbuf);
+    x = detail::rows_in(x, &xbuf);
 
     // Queries [B, T, H, N + R] and the new latents [B, T, r + R].
     Tensor<T> q({B, Tn, H, QK}), ckv({B, Tn, C});
@@ -231,7 +231,7 @@ class MultiHeadLatentAttention {
       attend_expanded(q, state, o);
     }
     const TensorView<const T> o3 = o.view().reshape({B, Tn, H * v_dim()});
-    attn_layer_detail::rows_out(y, [&](TensorView<T> out) { o_proj.forward(o3, out); });
+    detail::rows_out(y, [&](TensorView<T> out) { o_proj.forward(o3, out); });
   }
   Tensor<T> operator()(TensorView<const T> x, State& state) const {
     check(!x.empty() && x.ndim() == 3, "MultiHeadLatentAttention: x must be [B, T, d]");
