@@ -179,7 +179,9 @@ TEST(SimdExp, SpecialValues) {
       EXPECT_NEAR(y[i], std::exp(double(x[i])), 2.5e-7 * std::exp(double(x[i])));
     }
     EXPECT_EQ(std::isnan(y[i]), std::isnan(simd::exp_scalar(x[i])));
-    if (!std::isnan(y[i])) EXPECT_EQ(y[i], simd::exp_scalar(x[i]));
+    if (!std::isnan(y[i])) {
+      EXPECT_EQ(y[i], simd::exp_scalar(x[i]));
+    }
   }
   EXPECT_EQ(simd::sigmoid_scalar(-200.0f), 0.0f);
   EXPECT_EQ(simd::sigmoid_scalar(200.0f), 1.0f);
