@@ -16,6 +16,7 @@
 #include "effattn/core/tensor.hpp"
 #include "effattn/io/safetensors.hpp"
 #include "effattn/layers/layers.hpp"
+#include "layer_test_util.hpp"
 #include "test_util.hpp"
 
 namespace effattn {
@@ -25,25 +26,16 @@ using io::Dtype;
 using io::SafeTensors;
 using io::SafeTensorsWriter;
 using layers::GateActivation;
+using testing::as_double;
+using testing::bitwise_equal;
+using testing::dbl;
+using testing::error_of;
 using ::testing::HasSubstr;
 using testing::max_abs_diff;
 using testing::random_tensor;
+using testing::reload;
 
 // ------------------------------------------------------------------ references (double)
-
-// A parameter's stored values as double (bf16 widened exactly).
-template <class S>
-Tensor<double> as_double(const layers::Param<S>& p) {
-  Tensor<double> d(p.shape());
-  for (int64_t i = 0; i < d.numel(); ++i) {
-    if constexpr (std::is_same_v<S, bf16>) {
-      d.data()[i] = double(float(p.data()[i]));
-    } else {
-      d.data()[i] = double(p.data()[i]);
-    }
-  }
-  return d;
-}
 
 // x [N, in], W [out, in], b [out] or empty -> [N, out]
 Tensor<double> ref_linear(const Tensor<double>& x, const Tensor<double>& W,
@@ -132,31 +124,6 @@ Tensor<double> ref_conv(const Tensor<double>& x, const Tensor<double>& prev,
         y(bb, t, c) = silu ? silu_d(s) : s;
       }
   return y;
-}
-
-template <class T>
-Tensor<double> dbl(const Tensor<T>& t) {
-  return testing::to_double(TensorView<const T>(t.view()));
-}
-
-template <class T>
-bool bitwise_equal(const Tensor<T>& a, const Tensor<T>& b) {
-  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), sizeof(T) * a.numel()) == 0;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no effattn::Error raised";
-  return "";
-}
-
-SafeTensors reload(const SafeTensorsWriter& w, const std::string& name = "layers.safetensors") {
-  return SafeTensors::from_buffer(w.serialize(), name);
 }
 
 // A file of literal tensors: (name, dtype spelling, shape, raw bytes).

@@ -13,33 +13,26 @@
 
 #include "effattn/layers/attention.hpp"
 #include "effattn/layers/mla.hpp"
+#include "layer_test_util.hpp"
 #include "test_util.hpp"
 
 using namespace effattn;
 using namespace effattn::layers;
+using effattn::testing::as_double;
+using effattn::testing::expect_errors_name_tensors;
 using effattn::testing::max_abs;
 using effattn::testing::max_abs_diff;
 using effattn::testing::random_tensor;
+using effattn::testing::saved;
 
 namespace {
 
 // ---- the reference: plain loops in double ----------------------------------------------------
 
-template <class S>
-Tensor<double> dbl(const Param<S>& p) {
-  Tensor<double> t(p.shape());
-  for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = double(static_cast<float>(p.data()[i]));
-  return t;
-}
-template <>
-Tensor<double> dbl(const Param<double>& p) {
-  return Tensor<double>::from(p.view());
-}
-
 // y [..., out] = x [..., in] W^T + b  (x contiguous)
 template <class S, class B>
 Tensor<double> lin(const Tensor<double>& x, const Param<S>& w, const Param<B>& b) {
-  const Tensor<double> W = dbl(w);
+  const Tensor<double> W = as_double(w);
   const int64_t in = W.size(1), out = W.size(0), M = x.numel() / in;
   Shape s = x.shape();
   s[s.ndim() - 1] = out;
@@ -86,14 +79,14 @@ Tensor<double> attention_ref(const Attention<T, S, KV>& L, const Tensor<double>&
     for (int64_t t = 0; t < Tn; ++t) {
       for (int64_t h = 0; h < Hq; ++h) {
         double* qh = q.data() + ((b * Tn + t) * Hq + h) * D;
-        if (c.qk_norm) rms(qh, D, dbl(L.q_norm.weight), c.norm_eps);
+        if (c.qk_norm) rms(qh, D, as_double(L.q_norm.weight), c.norm_eps);
         if (c.rope)
           rope(qh, c.rotary_dim ? c.rotary_dim : D, t, c.rope_theta,
                c.rope_style == RopeStyle::kInterleaved);
       }
       for (int64_t h = 0; h < Hkv; ++h) {
         double* kh = k.data() + ((b * Tn + t) * Hkv + h) * D;
-        if (c.qk_norm) rms(kh, D, dbl(L.k_norm.weight), c.norm_eps);
+        if (c.qk_norm) rms(kh, D, as_double(L.k_norm.weight), c.norm_eps);
         if (c.rope)
           rope(kh, c.rotary_dim ? c.rotary_dim : D, t, c.rope_theta,
                c.rope_style == RopeStyle::kInterleaved);
@@ -121,9 +114,9 @@ Tensor<double> cross_ref(const Attention<T, S, KV>& L, const Tensor<double>& x,
   Tensor<double> q = lin(x, L.q_proj), k = lin(ctx, L.k_proj), v = lin(ctx, L.v_proj);
   if (c.qk_norm) {
     for (int64_t i = 0; i < B * Tq * Hq; ++i)
-      rms(q.data() + i * D, D, dbl(L.q_norm.weight), c.norm_eps);
+      rms(q.data() + i * D, D, as_double(L.q_norm.weight), c.norm_eps);
     for (int64_t i = 0; i < B * Tk * Hkv; ++i)
-      rms(k.data() + i * D, D, dbl(L.k_norm.weight), c.norm_eps);
+      rms(k.data() + i * D, D, as_double(L.k_norm.weight), c.norm_eps);
   }
   Tensor<double> o({B, Tq, Hq, D});
   attention_naive<double>(q.view().reshape({B, Tq, Hq, D}), k.view().reshape({B, Tk, Hkv, D}),
@@ -140,7 +133,8 @@ Tensor<double> mla_ref(const MultiHeadLatentAttention<T, S, KV>& L, const Tensor
   if (c.q_lora_rank > 0) {
     Tensor<double> qa = lin(x, L.q_a_proj);
     for (int64_t m = 0; m < B * Tn; ++m)
-      rms(qa.data() + m * c.q_lora_rank, c.q_lora_rank, dbl(L.q_a_layernorm.weight), c.rms_eps);
+      rms(qa.data() + m * c.q_lora_rank, c.q_lora_rank, as_double(L.q_a_layernorm.weight),
+          c.rms_eps);
     q = lin(qa, L.q_b_proj);
   } else {
     q = lin(x, L.q_proj);
@@ -149,7 +143,7 @@ Tensor<double> mla_ref(const MultiHeadLatentAttention<T, S, KV>& L, const Tensor
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < Tn; ++t) {
       double* row = ckv.data() + (b * Tn + t) * (r + R);
-      rms(row, r, dbl(L.kv_a_layernorm.weight), c.rms_eps);
+      rms(row, r, as_double(L.kv_a_layernorm.weight), c.rms_eps);
       if (c.rope) rope(row + r, R, t, c.rope_theta, true);
       for (int64_t h = 0; h < H; ++h)
         if (c.rope) rope(q.data() + ((b * Tn + t) * H + h) * QK + N, R, t, c.rope_theta, true);
@@ -210,48 +204,6 @@ Tensor<T> run_chunks(const Layer& L, const Tensor<T>& x, const std::vector<int64
 }
 
 std::vector<int64_t> ones(int64_t n) { return std::vector<int64_t>(n, 1); }
-
-// Bytes of a layer saved under "blk", read back.
-template <class Layer>
-io::SafeTensors saved(const Layer& L, const std::string& prefix = "blk") {
-  io::SafeTensorsWriter w;
-  L.save(w, prefix);
-  return io::SafeTensors::from_buffer(w.serialize(), "mem");
-}
-
-// A copy of st without `drop`, or with it replaced by zeros of shape `reshape` if given.
-io::SafeTensors edited(const io::SafeTensors& st, const std::string& drop, const Shape* reshape) {
-  io::SafeTensorsWriter w;
-  for (const std::string& n : st.names()) {
-    if (n != drop) {
-      w.add(n, st.get<double>(n));
-    } else if (reshape) {
-      w.add(n, Tensor<double>(*reshape));
-    }
-  }
-  return io::SafeTensors::from_buffer(w.serialize(), "edited");
-}
-
-// Every tensor of the saved layer: missing -> Error naming it; one more row -> Error naming it.
-template <class Layer>
-void expect_errors_name_tensors(const Layer& L) {
-  const io::SafeTensors st = saved(L);
-  ASSERT_GT(st.names().size(), 0u);
-  for (const std::string& n : st.names()) {
-    for (int mode = 0; mode < 2; ++mode) {
-      Shape s(st.info(n).dims);
-      s[0] += 1;
-      const io::SafeTensors bad = edited(st, n, mode ? &s : nullptr);
-      Layer M(L.config);
-      try {
-        M.load(bad, "blk");
-        ADD_FAILURE() << "no error for " << (mode ? "misshaped " : "missing ") << n;
-      } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
-      }
-    }
-  }
-}
 
 // ---- configurations
 // ------------------------------------------------------------------------------

@@ -11,33 +11,26 @@
 #include <vector>
 
 #include "effattn/layers/delta_net.hpp"
+#include "layer_test_util.hpp"
 #include "test_util.hpp"
 
 using namespace effattn;
 using namespace effattn::layers;
+using effattn::testing::as_double;
+using effattn::testing::expect_errors_name_tensors;
 using effattn::testing::max_abs;
 using effattn::testing::max_abs_diff;
 using effattn::testing::random_tensor;
+using effattn::testing::saved;
 
 namespace {
 
 // ---- the reference: plain loops in double ----------------------------------------------------
 
-template <class S>
-Tensor<double> dbl(const Param<S>& p) {
-  Tensor<double> t(p.shape());
-  for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = double(static_cast<float>(p.data()[i]));
-  return t;
-}
-template <>
-Tensor<double> dbl(const Param<double>& p) {
-  return Tensor<double>::from(p.view());
-}
-
 // y [..., out] = x [..., in] W^T + b  (x contiguous)
 template <class T, class S>
 Tensor<double> lin(const Tensor<double>& x, const Linear<T, S>& l) {
-  const Tensor<double> W = dbl(l.weight);
+  const Tensor<double> W = as_double(l.weight);
   const int64_t in = W.size(1), out = W.size(0), M = x.numel() / in;
   Shape s = x.shape();
   s[s.ndim() - 1] = out;
@@ -58,7 +51,7 @@ double softplus(double x) { return x > 30 ? x : std::log1p(std::exp(x)); }
 template <class T>
 Tensor<double> conv_silu(const Tensor<double>& x, const ShortConv<T>& conv) {
   const int64_t B = x.size(0), Tn = x.size(1), C = x.size(2), W = conv.width();
-  const Tensor<double> w = dbl(conv.weight);
+  const Tensor<double> w = as_double(conv.weight);
   Tensor<double> y(x.shape());
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < Tn; ++t)
@@ -124,7 +117,7 @@ Tensor<double> gdn_ref(const GatedDeltaNet<T, S>& L, const Tensor<double>& x) {
   const int64_t B = x.size(0), Tn = x.size(1), HV = L.num_v_heads(), V = L.head_v_dim();
   const Qkv r = qkv_ref(L, x);
   const Tensor<double> a = lin(x, L.a_proj), bl = lin(x, L.b_proj);
-  const Tensor<double> A_log = dbl(L.A_log), dt = dbl(L.dt_bias);
+  const Tensor<double> A_log = as_double(L.A_log), dt = as_double(L.dt_bias);
   Tensor<double> g({B, Tn, HV}), beta({B, Tn, HV});
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < Tn; ++t)
@@ -134,7 +127,7 @@ Tensor<double> gdn_ref(const GatedDeltaNet<T, S>& L, const Tensor<double>& x) {
       }
   Tensor<double> o({B, Tn, HV, V});
   delta_rule_naive<double>(r.q, r.k, r.v, beta, g, o);
-  gated_norm(o, lin(x, L.g_proj), dbl(L.o_norm.weight), c.norm_eps, false);
+  gated_norm(o, lin(x, L.g_proj), as_double(L.o_norm.weight), c.norm_eps, false);
   return lin(Tensor<double>::from(o.view().reshape({B, Tn, HV * V})), L.o_proj);
 }
 
@@ -145,7 +138,7 @@ Tensor<double> kda_ref(const KimiDeltaAttention<T, S>& L, const Tensor<double>& 
                 K = L.head_dim(), V = L.head_v_dim(), G = HV / H;
   const Qkv r = qkv_ref(L, x);
   const Tensor<double> f = lin(lin(x, L.f_a_proj), L.f_b_proj), bl = lin(x, L.b_proj);
-  const Tensor<double> A_log = dbl(L.A_log), dt = dbl(L.dt_bias);
+  const Tensor<double> A_log = as_double(L.A_log), dt = as_double(L.dt_bias);
   Tensor<double> g({B, Tn, HV, K}), beta({B, Tn, HV});
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < Tn; ++t)
@@ -157,7 +150,7 @@ Tensor<double> kda_ref(const KimiDeltaAttention<T, S>& L, const Tensor<double>& 
       }
   Tensor<double> o({B, Tn, HV, V});
   delta_rule_naive<double>(r.q, r.k, r.v, beta, g, o);
-  gated_norm(o, lin(lin(x, L.g_a_proj), L.g_b_proj), dbl(L.o_norm.weight), c.norm_eps, true);
+  gated_norm(o, lin(lin(x, L.g_a_proj), L.g_b_proj), as_double(L.o_norm.weight), c.norm_eps, true);
   return lin(Tensor<double>::from(o.view().reshape({B, Tn, HV * V})), L.o_proj);
 }
 
@@ -223,48 +216,6 @@ KimiDeltaAttention<T, S> make_kda(const KdaConfig& c, uint64_t seed = 7) {
   L.init_random(seed);
   randomize(L, seed + 1);
   return L;
-}
-
-// Bytes of a layer saved under `prefix`, read back.
-template <class Layer>
-io::SafeTensors saved(const Layer& L, const std::string& prefix = "blk") {
-  io::SafeTensorsWriter w;
-  L.save(w, prefix);
-  return io::SafeTensors::from_buffer(w.serialize(), "mem");
-}
-
-// A copy of st without `drop`, or with it replaced by zeros of shape `reshape` if given.
-io::SafeTensors edited(const io::SafeTensors& st, const std::string& drop, const Shape* reshape) {
-  io::SafeTensorsWriter w;
-  for (const std::string& n : st.names()) {
-    if (n != drop) {
-      w.add(n, st.get<double>(n));
-    } else if (reshape) {
-      w.add(n, Tensor<double>(*reshape));
-    }
-  }
-  return io::SafeTensors::from_buffer(w.serialize(), "edited");
-}
-
-// Every tensor of the saved layer: missing -> Error naming it; one more row -> Error naming it.
-template <class Layer>
-void expect_errors_name_tensors(const Layer& L) {
-  const io::SafeTensors st = saved(L);
-  ASSERT_GT(st.names().size(), 0u);
-  for (const std::string& n : st.names()) {
-    for (int mode = 0; mode < 2; ++mode) {
-      Shape s(st.info(n).dims);
-      s[0] += 1;
-      const io::SafeTensors bad = edited(st, n, mode ? &s : nullptr);
-      Layer M(L.config);
-      try {
-        M.load(bad, "blk");
-        ADD_FAILURE() << "no error for " << (mode ? "misshaped " : "missing ") << n;
-      } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
-      }
-    }
-  }
 }
 
 // The checks every test runs for both layers, given a maker and a reference.

@@ -20,6 +20,7 @@
 #include "effattn/layers/mamba.hpp"
 #include "effattn/ops/ssm/naive.hpp"
 #include "effattn/ops/ssm/ssd.hpp"
+#include "layer_test_util.hpp"
 #include "test_util.hpp"
 
 namespace effattn {
@@ -27,50 +28,17 @@ namespace {
 
 using io::SafeTensors;
 using io::SafeTensorsWriter;
+using testing::as_double;
+using testing::bitwise_equal;
+using testing::dbl;
+using testing::error_of;
 using ::testing::HasSubstr;
 using testing::max_abs;
 using testing::max_abs_diff;
 using testing::random_tensor;
+using testing::reload;
 
 // ------------------------------------------------------------------ helpers
-
-template <class S>
-Tensor<double> as_double(const layers::Param<S>& p) {
-  Tensor<double> d(p.shape());
-  for (int64_t i = 0; i < d.numel(); ++i) {
-    if constexpr (std::is_same_v<S, bf16>) {
-      d.data()[i] = double(float(p.data()[i]));
-    } else {
-      d.data()[i] = double(p.data()[i]);
-    }
-  }
-  return d;
-}
-
-template <class T>
-Tensor<double> dbl(const Tensor<T>& t) {
-  return testing::to_double(TensorView<const T>(t.view()));
-}
-
-template <class T>
-bool bitwise_equal(const Tensor<T>& a, const Tensor<T>& b) {
-  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), sizeof(T) * a.numel()) == 0;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no effattn::Error raised";
-  return "";
-}
-
-SafeTensors reload(const SafeTensorsWriter& w, const std::string& name = "mamba.safetensors") {
-  return SafeTensors::from_buffer(w.serialize(), name);
-}
 
 template <class S>
 void randomize(layers::Param<S>& p, uint64_t seed, double lo = -1.0, double hi = 1.0) {

@@ -18,6 +18,7 @@
 #include "effattn/layers/based.hpp"
 #include "effattn/layers/moe.hpp"
 #include "effattn/ops/moe/naive.hpp"
+#include "layer_test_util.hpp"
 #include "test_util.hpp"
 
 namespace effattn {
@@ -25,25 +26,16 @@ namespace {
 
 using io::SafeTensors;
 using io::SafeTensorsWriter;
+using testing::as_double;
+using testing::bitwise_equal;
+using testing::error_of;
 using ::testing::HasSubstr;
 using testing::max_abs;
 using testing::max_abs_diff;
 using testing::random_tensor;
+using testing::reload;
 
 // ------------------------------------------------------------------ helpers
-
-template <class S>
-Tensor<double> as_double(const layers::Param<S>& p) {
-  Tensor<double> d(p.shape());
-  for (int64_t i = 0; i < d.numel(); ++i) {
-    if constexpr (std::is_same_v<S, bf16>) {
-      d.data()[i] = double(float(p.data()[i]));
-    } else {
-      d.data()[i] = double(p.data()[i]);
-    }
-  }
-  return d;
-}
 
 // x [N, in], W [out, in] -> [N, out]
 Tensor<double> ref_linear(const Tensor<double>& x, const Tensor<double>& W) {
@@ -66,26 +58,6 @@ Tensor<double> transposed(const Tensor<double>& W) {
   return t;
 }
 
-template <class T>
-bool bitwise_equal(const Tensor<T>& a, const Tensor<T>& b) {
-  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), sizeof(T) * a.numel()) == 0;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no effattn::Error raised";
-  return "";
-}
-
-SafeTensors reload(const SafeTensorsWriter& w, const std::string& name = "ckpt.safetensors") {
-  return SafeTensors::from_buffer(w.serialize(), name);
-}
-
 // A copy of `st` without the tensor `drop`, and with `reshape` (if named) replaced by a random
 // tensor of shape `shape`.
 SafeTensors edited(const SafeTensors& st, const std::string& drop, const std::string& reshape = "",
@@ -99,7 +71,7 @@ SafeTensors edited(const SafeTensors& st, const std::string& drop, const std::st
       w.add(n, st.get<float>(n));
     }
   }
-  return reload(w);
+  return reload(w, "ckpt.safetensors");
 }
 
 // ------------------------------------------------------------------ MoE
@@ -248,7 +220,7 @@ TEST(MoELayer, Bf16StorageWithinTolerance) {
     SafeTensorsWriter w;
     mf.save(w, "model.layers.1.mlp");
     layers::MoE<float, bf16> mb(c);
-    mb.load(reload(w), "model.layers.1.mlp");
+    mb.load(reload(w, "ckpt.safetensors"), "model.layers.1.mlp");
     for (int64_t T : {1, 20}) {
       const Tensor<float> x = random_tensor<float>({2, T, 12}, 32);
       const Tensor<float> yf = mf(x), yb = mb(x);
@@ -266,7 +238,7 @@ TEST(MoELayer, SaveLoadRoundTripIsBitwise) {
     const auto m = make_moe<float, bf16>(c, 41);
     SafeTensorsWriter w;
     m.save(w, "model.layers.0.mlp");
-    const SafeTensors st = reload(w);
+    const SafeTensors st = reload(w, "ckpt.safetensors");
     if (mixtral) {
       EXPECT_TRUE(st.contains("model.layers.0.mlp.experts.5.w2.weight"));
       EXPECT_EQ(st.size(), 1u + 6 * 3);
@@ -292,7 +264,7 @@ TEST(MoELayer, LoadErrorsNameTheTensor) {
   const auto m = make_moe<float, float>(c, 51);
   SafeTensorsWriter w;
   m.save(w, "mlp");
-  const SafeTensors st = reload(w);
+  const SafeTensors st = reload(w, "ckpt.safetensors");
   layers::MoE<float, float> m2(c);
   EXPECT_THAT(error_of([&] { m2.load(edited(st, "mlp.experts.3.down_proj.weight"), "mlp"); }),
               HasSubstr("tensor 'mlp.experts.3.down_proj.weight' not found"));
@@ -443,7 +415,7 @@ TEST(BasedLayer, Bf16StorageWithinTolerance) {
   SafeTensorsWriter w;
   lf.save(w, "model.layers.2.attn");
   layers::LinearAttention<float, bf16> lb(based_config());
-  lb.load(reload(w), "model.layers.2.attn");
+  lb.load(reload(w, "ckpt.safetensors"), "model.layers.2.attn");
   const Tensor<float> x = random_tensor<float>({2, 37, 16}, 82);
   const Tensor<float> yf = lf(x), yb = lb(x);
   EXPECT_LT(max_abs_diff(yf, yb), 2e-2 * max_abs(yf));
@@ -454,7 +426,7 @@ TEST(BasedLayer, SaveLoadRoundTripIsBitwise) {
   const auto la = make_based<float, bf16>(based_config(), 91);
   SafeTensorsWriter w;
   la.save(w, "model.layers.2.attn");
-  const SafeTensors st = reload(w);
+  const SafeTensors st = reload(w, "ckpt.safetensors");
   EXPECT_EQ(st.size(), 4u);
   const std::vector<int64_t> q_dims = {8, 16}, v_dims = {16, 16};
   EXPECT_EQ(st.info("model.layers.2.attn.q_proj.weight").dims, q_dims);
@@ -470,7 +442,7 @@ TEST(BasedLayer, SaveLoadRoundTripIsBitwise) {
   la.v_proj.save(wh, "mixer.proj_v");
   la.o_proj.save(wh, "mixer.out_proj");
   layers::LinearAttention<float, bf16> l3(based_config());
-  l3.load(reload(wh), "mixer");
+  l3.load(reload(wh, "ckpt.safetensors"), "mixer");
   EXPECT_TRUE(bitwise_equal(la(x), l3(x)));
   auto s1 = la.make_state(2), s2 = l2.make_state(2);
   EXPECT_TRUE(bitwise_equal(la(x, s1), l2(x, s2)));
@@ -482,7 +454,7 @@ TEST(BasedLayer, LoadAndShapeErrors) {
   const auto la = make_based<float>(based_config(), 101);
   SafeTensorsWriter w;
   la.save(w, "attn");
-  const SafeTensors st = reload(w);
+  const SafeTensors st = reload(w, "ckpt.safetensors");
   layers::LinearAttention<float> l2(based_config());
   EXPECT_THAT(error_of([&] { l2.load(edited(st, "attn.o_proj.weight"), "attn"); }),
               HasSubstr("tensor 'attn.o_proj.weight' not found"));
