@@ -297,52 +297,25 @@ class GatedDeltaNet {
     return (*this)(x, s);
   }
 
+  // Every tensor under the layer's prefix, in fla's names (load / save / init / bytes use it).
+  template <class Self, class F>
+  static void members(Self& l, F&& f) {
+    f("q_proj", l.q_proj), f("k_proj", l.k_proj), f("v_proj", l.v_proj);
+    f("a_proj", l.a_proj), f("b_proj", l.b_proj), f("A_log", l.A_log), f("dt_bias", l.dt_bias);
+    f("q_conv1d", l.q_conv1d), f("k_conv1d", l.k_conv1d), f("v_conv1d", l.v_conv1d);
+    f("g_proj", l.g_proj), f("o_norm", l.o_norm), f("o_proj", l.o_proj);
+  }
   void load(const io::SafeTensors& st, const std::string& prefix) {
-    const char* L = "GatedDeltaNet";
-    q_proj.load(st, join(prefix, "q_proj"));
-    k_proj.load(st, join(prefix, "k_proj"));
-    v_proj.load(st, join(prefix, "v_proj"));
-    a_proj.load(st, join(prefix, "a_proj"));
-    b_proj.load(st, join(prefix, "b_proj"));
-    A_log.load(st, prefix, L);
-    dt_bias.load(st, prefix, L);
-    q_conv1d.load(st, join(prefix, "q_conv1d"));
-    k_conv1d.load(st, join(prefix, "k_conv1d"));
-    v_conv1d.load(st, join(prefix, "v_conv1d"));
-    g_proj.load(st, join(prefix, "g_proj"));
-    o_norm.load(st, join(prefix, "o_norm"));
-    o_proj.load(st, join(prefix, "o_proj"));
+    load_members(*this, st, prefix, "GatedDeltaNet");
   }
   void save(io::SafeTensorsWriter& w, const std::string& prefix) const {
-    q_proj.save(w, join(prefix, "q_proj"));
-    k_proj.save(w, join(prefix, "k_proj"));
-    v_proj.save(w, join(prefix, "v_proj"));
-    a_proj.save(w, join(prefix, "a_proj"));
-    b_proj.save(w, join(prefix, "b_proj"));
-    A_log.save(w, prefix);
-    dt_bias.save(w, prefix);
-    q_conv1d.save(w, join(prefix, "q_conv1d"));
-    k_conv1d.save(w, join(prefix, "k_conv1d"));
-    v_conv1d.save(w, join(prefix, "v_conv1d"));
-    g_proj.save(w, join(prefix, "g_proj"));
-    o_norm.save(w, join(prefix, "o_norm"));
-    o_proj.save(w, join(prefix, "o_proj"));
+    save_members(*this, w, prefix);
   }
   // torch's defaults for the linears and convs, ones for the norm; A_log = log(A), A uniform in
   // (0, 16]; dt_bias = softplus^-1(dt), dt log-uniform in [0.001, 0.1] (fla's init).
   void init_random(uint64_t seed) {
     namespace dd = delta_layer_detail;
-    q_proj.init_random(derive_seed(seed, "q_proj"));
-    k_proj.init_random(derive_seed(seed, "k_proj"));
-    v_proj.init_random(derive_seed(seed, "v_proj"));
-    a_proj.init_random(derive_seed(seed, "a_proj"));
-    b_proj.init_random(derive_seed(seed, "b_proj"));
-    q_conv1d.init_random(derive_seed(seed, "q_conv1d"));
-    k_conv1d.init_random(derive_seed(seed, "k_conv1d"));
-    v_conv1d.init_random(derive_seed(seed, "v_conv1d"));
-    g_proj.init_random(derive_seed(seed, "g_proj"));
-    o_norm.init_random(seed);
-    o_proj.init_random(derive_seed(seed, "o_proj"));
+    init_members(*this, seed);
     dd::fill_with(A_log, [&](int64_t i) {
       return std::log(16.0 * (1.0 - dd::uniform01(seed, "A_log", i)));  // 1 - u in (0, 1]
     });
@@ -353,12 +326,7 @@ class GatedDeltaNet {
       return dt + std::log(-std::expm1(-dt));  // softplus(dt_bias) = dt
     });
   }
-  int64_t weight_bytes() const {
-    return q_proj.weight_bytes() + k_proj.weight_bytes() + v_proj.weight_bytes() +
-           a_proj.weight_bytes() + b_proj.weight_bytes() + A_log.bytes() + dt_bias.bytes() +
-           q_conv1d.weight_bytes() + k_conv1d.weight_bytes() + v_conv1d.weight_bytes() +
-           g_proj.weight_bytes() + o_norm.weight.bytes() + o_proj.weight_bytes();
-  }
+  int64_t weight_bytes() const { return member_bytes(*this); }
 };
 
 // ---- KimiDeltaAttention -------------------------------------------------------------------------
@@ -474,69 +442,32 @@ class KimiDeltaAttention {
   const char* g_a_name() const { return config.names == KdaNames::kFla ? "g_proj.0" : "g_a_proj"; }
   const char* g_b_name() const { return config.names == KdaNames::kFla ? "g_proj.1" : "g_b_proj"; }
 
+  // Every tensor under the layer's prefix (load / save / init / bytes use it).
+  template <class Self, class F>
+  static void members(Self& l, F&& f) {
+    f("q_proj", l.q_proj), f("k_proj", l.k_proj), f("v_proj", l.v_proj);
+    f("q_conv1d", l.q_conv1d), f("k_conv1d", l.k_conv1d), f("v_conv1d", l.v_conv1d);
+    f(l.f_a_name(), l.f_a_proj), f(l.f_b_name(), l.f_b_proj), f("b_proj", l.b_proj);
+    f("A_log", l.A_log), f("dt_bias", l.dt_bias);
+    f(l.g_a_name(), l.g_a_proj), f(l.g_b_name(), l.g_b_proj);
+    f("o_norm", l.o_norm), f("o_proj", l.o_proj);
+  }
   void load(const io::SafeTensors& st, const std::string& prefix) {
-    const char* L = "KimiDeltaAttention";
-    q_proj.load(st, join(prefix, "q_proj"));
-    k_proj.load(st, join(prefix, "k_proj"));
-    v_proj.load(st, join(prefix, "v_proj"));
-    q_conv1d.load(st, join(prefix, "q_conv1d"));
-    k_conv1d.load(st, join(prefix, "k_conv1d"));
-    v_conv1d.load(st, join(prefix, "v_conv1d"));
-    f_a_proj.load(st, join(prefix, f_a_name()));
-    f_b_proj.load(st, join(prefix, f_b_name()));
-    b_proj.load(st, join(prefix, "b_proj"));
-    A_log.load(st, prefix, L);
-    dt_bias.load(st, prefix, L);
-    g_a_proj.load(st, join(prefix, g_a_name()));
-    g_b_proj.load(st, join(prefix, g_b_name()));
-    o_norm.load(st, join(prefix, "o_norm"));
-    o_proj.load(st, join(prefix, "o_proj"));
+    load_members(*this, st, prefix, "KimiDeltaAttention");
   }
   void save(io::SafeTensorsWriter& w, const std::string& prefix) const {
-    q_proj.save(w, join(prefix, "q_proj"));
-    k_proj.save(w, join(prefix, "k_proj"));
-    v_proj.save(w, join(prefix, "v_proj"));
-    q_conv1d.save(w, join(prefix, "q_conv1d"));
-    k_conv1d.save(w, join(prefix, "k_conv1d"));
-    v_conv1d.save(w, join(prefix, "v_conv1d"));
-    f_a_proj.save(w, join(prefix, f_a_name()));
-    f_b_proj.save(w, join(prefix, f_b_name()));
-    b_proj.save(w, join(prefix, "b_proj"));
-    A_log.save(w, prefix);
-    dt_bias.save(w, prefix);
-    g_a_proj.save(w, join(prefix, g_a_name()));
-    g_b_proj.save(w, join(prefix, g_b_name()));
-    o_norm.save(w, join(prefix, "o_norm"));
-    o_proj.save(w, join(prefix, "o_proj"));
+    save_members(*this, w, prefix);
   }
   // torch's defaults for the linears and convs, ones for the norm; A_log = log(A), A uniform in
   // [1, 16); dt_bias zeros (fla's init).
   void init_random(uint64_t seed) {
-    q_proj.init_random(derive_seed(seed, "q_proj"));
-    k_proj.init_random(derive_seed(seed, "k_proj"));
-    v_proj.init_random(derive_seed(seed, "v_proj"));
-    q_conv1d.init_random(derive_seed(seed, "q_conv1d"));
-    k_conv1d.init_random(derive_seed(seed, "k_conv1d"));
-    v_conv1d.init_random(derive_seed(seed, "v_conv1d"));
-    f_a_proj.init_random(derive_seed(seed, "f_a_proj"));
-    f_b_proj.init_random(derive_seed(seed, "f_b_proj"));
-    b_proj.init_random(derive_seed(seed, "b_proj"));
-    g_a_proj.init_random(derive_seed(seed, "g_a_proj"));
-    g_b_proj.init_random(derive_seed(seed, "g_b_proj"));
-    o_norm.init_random(seed);
-    o_proj.init_random(derive_seed(seed, "o_proj"));
+    init_members(*this, seed);
     delta_layer_detail::fill_with(A_log, [&](int64_t i) {
       return std::log(1.0 + 15.0 * delta_layer_detail::uniform01(seed, "A_log", i));
     });
     dt_bias.fill(0.0);
   }
-  int64_t weight_bytes() const {
-    return q_proj.weight_bytes() + k_proj.weight_bytes() + v_proj.weight_bytes() +
-           q_conv1d.weight_bytes() + k_conv1d.weight_bytes() + v_conv1d.weight_bytes() +
-           f_a_proj.weight_bytes() + f_b_proj.weight_bytes() + b_proj.weight_bytes() +
-           A_log.bytes() + dt_bias.bytes() + g_a_proj.weight_bytes() + g_b_proj.weight_bytes() +
-           o_norm.weight.bytes() + o_proj.weight_bytes();
-  }
+  int64_t weight_bytes() const { return member_bytes(*this); }
 
  private:
   // x [B, T, H, C] -> [B, T, H*G, C]: head h repeated for value heads h*G .. h*G + G-1 (fla's

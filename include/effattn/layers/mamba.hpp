@@ -215,23 +215,17 @@ class Mamba {
     return y;
   }
 
+  // Every tensor under the layer's prefix, in HF's names (load / save / bytes use it).
+  template <class Self, class F>
+  static void members(Self& l, F&& f) {
+    f("in_proj", l.in_proj), f("conv1d", l.conv1d), f("x_proj", l.x_proj);
+    f("dt_proj", l.dt_proj), f("A_log", l.A_log), f("D", l.D), f("out_proj", l.out_proj);
+  }
   void load(const io::SafeTensors& st, const std::string& prefix) {
-    in_proj.load(st, join(prefix, "in_proj"));
-    conv1d.load(st, join(prefix, "conv1d"));
-    x_proj.load(st, join(prefix, "x_proj"));
-    dt_proj.load(st, join(prefix, "dt_proj"));
-    A_log.load(st, prefix, "Mamba");
-    D.load(st, prefix, "Mamba");
-    out_proj.load(st, join(prefix, "out_proj"));
+    load_members(*this, st, prefix, "Mamba");
   }
   void save(io::SafeTensorsWriter& w, const std::string& prefix) const {
-    in_proj.save(w, join(prefix, "in_proj"));
-    conv1d.save(w, join(prefix, "conv1d"));
-    x_proj.save(w, join(prefix, "x_proj"));
-    dt_proj.save(w, join(prefix, "dt_proj"));
-    A_log.save(w, prefix);
-    D.save(w, prefix);
-    out_proj.save(w, join(prefix, "out_proj"));
+    save_members(*this, w, prefix);
   }
   // As HF MambaPreTrainedModel / mamba_ssm: Linear and conv torch defaults; dt_proj.weight
   // uniform in +-scale/sqrt(R), dt_proj.bias the inverse softplus of a log-uniform dt;
@@ -247,10 +241,7 @@ class Mamba {
     init_a_d();
     out_proj.init_random(derive_seed(seed, "out_proj"));
   }
-  int64_t weight_bytes() const {
-    return in_proj.weight_bytes() + conv1d.weight_bytes() + x_proj.weight_bytes() +
-           dt_proj.weight_bytes() + A_log.bytes() + D.bytes() + out_proj.weight_bytes();
-  }
+  int64_t weight_bytes() const { return member_bytes(*this); }
 
  private:
   // One piece of forward(): x [B, T, d] (checked) -> y.
@@ -399,30 +390,23 @@ class Mamba2 {
     return y;
   }
 
+  // Every tensor under the layer's prefix, in mamba_ssm's names (load / save / init / bytes).
+  template <class Self, class F>
+  static void members(Self& l, F&& f) {
+    f("in_proj", l.in_proj), f("conv1d", l.conv1d), f("dt_bias", l.dt_bias);
+    f("A_log", l.A_log), f("D", l.D), f("norm", l.norm), f("out_proj", l.out_proj);
+  }
   void load(const io::SafeTensors& st, const std::string& prefix) {
-    in_proj.load(st, join(prefix, "in_proj"));
-    conv1d.load(st, join(prefix, "conv1d"));
-    dt_bias.load(st, prefix, "Mamba2");
-    A_log.load(st, prefix, "Mamba2");
-    D.load(st, prefix, "Mamba2");
-    norm.load(st, join(prefix, "norm"));
-    out_proj.load(st, join(prefix, "out_proj"));
+    load_members(*this, st, prefix, "Mamba2");
   }
   void save(io::SafeTensorsWriter& w, const std::string& prefix) const {
-    in_proj.save(w, join(prefix, "in_proj"));
-    conv1d.save(w, join(prefix, "conv1d"));
-    dt_bias.save(w, prefix);
-    A_log.save(w, prefix);
-    D.save(w, prefix);
-    norm.save(w, join(prefix, "norm"));
-    out_proj.save(w, join(prefix, "out_proj"));
+    save_members(*this, w, prefix);
   }
   // As mamba_ssm's Mamba2: Linear and conv torch defaults; dt_bias the inverse softplus of a
   // log-uniform dt in [dt_min, dt_max]; A_log = log(A), A uniform in [A_init_min, A_init_max];
   // D = 1; norm weight 1.
   void init_random(uint64_t seed) {
-    in_proj.init_random(derive_seed(seed, "in_proj"));
-    conv1d.init_random(derive_seed(seed, "conv1d"));
+    init_members(*this, seed);
     mamba_detail::init_dt_bias(dt_bias, seed, config.dt_min, config.dt_max, config.dt_init_floor);
     const uint64_t key = derive_seed(seed, A_log.name());
     T* a = A_log.value().data();
@@ -432,13 +416,8 @@ class Mamba2 {
           static_cast<T>(std::log(config.A_init_min + r * (config.A_init_max - config.A_init_min)));
     }
     D.fill(1.0);
-    norm.init_random(seed);
-    out_proj.init_random(derive_seed(seed, "out_proj"));
   }
-  int64_t weight_bytes() const {
-    return in_proj.weight_bytes() + conv1d.weight_bytes() + dt_bias.bytes() + A_log.bytes() +
-           D.bytes() + norm.weight.bytes() + out_proj.weight_bytes();
-  }
+  int64_t weight_bytes() const { return member_bytes(*this); }
 
  private:
   // One piece of forward(): x [B, T, d] (checked) -> y.

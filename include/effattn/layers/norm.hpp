@@ -107,6 +107,7 @@ class RMSNorm {
   }
   void save(io::SafeTensorsWriter& w, const std::string& prefix) const { weight.save(w, prefix); }
   void init_random(uint64_t) { weight.fill(1.0); }  // torch's init: ones
+  int64_t weight_bytes() const { return weight.bytes(); }
 };
 
 // Layer norm over the last dim: y = (x - mean) / sqrt(var + eps) * weight + bias (biased variance,
@@ -180,6 +181,7 @@ class LayerNorm {
     weight.fill(1.0);
     bias.fill(0.0);
   }
+  int64_t weight_bytes() const { return weight.bytes() + bias.bytes(); }
 };
 
 // Gated RMS norm (see the header comment for the two orders and the groups). Name: "weight" [C].
@@ -254,6 +256,7 @@ class GatedRMSNorm {
   }
   void save(io::SafeTensorsWriter& w, const std::string& prefix) const { weight.save(w, prefix); }
   void init_random(uint64_t) { weight.fill(1.0); }
+  int64_t weight_bytes() const { return weight.bytes(); }
 };
 
 }  // namespace effattn::layers

@@ -210,4 +210,60 @@ class Param {
   Tensor<S> value_;
 };
 
+// A layer spells its tensors once, in a static members(layer, f) that calls f(name, member) for
+// each sub-layer (Linear, ShortConv, a norm, ...: loaded under join(prefix, name), initialised
+// with derive_seed(seed, name)) and each Param (which carries its own name). The functions below
+// derive load / save / init / byte counts from that list, for const and non-const layers alike.
+namespace detail {
+template <class M>
+struct is_param : std::false_type {};
+template <class S>
+struct is_param<Param<S>> : std::true_type {};
+template <class M>
+inline constexpr bool is_param_v = is_param<std::decay_t<M>>::value;
+}  // namespace detail
+
+// Reads every member of `layer` under `prefix`; `L` names the layer in messages.
+template <class Layer>
+void load_members(Layer& layer, const io::SafeTensors& st, const std::string& prefix,
+                  const char* L) {
+  Layer::members(layer, [&](const std::string& name, auto& m) {
+    if constexpr (detail::is_param_v<decltype(m)>) {
+      m.load(st, prefix, L);
+    } else {
+      m.load(st, join(prefix, name));
+    }
+  });
+}
+template <class Layer>
+void save_members(const Layer& layer, io::SafeTensorsWriter& w, const std::string& prefix) {
+  Layer::members(layer, [&](const std::string& name, const auto& m) {
+    if constexpr (detail::is_param_v<decltype(m)>) {
+      m.save(w, prefix);
+    } else {
+      m.save(w, join(prefix, name));
+    }
+  });
+}
+// Initialises the sub-layers with their defaults; Params are left to the layer (their inits are
+// specific: A_log, dt_bias, D, ...).
+template <class Layer>
+void init_members(Layer& layer, uint64_t seed) {
+  Layer::members(layer, [&](const std::string& name, auto& m) {
+    if constexpr (!detail::is_param_v<decltype(m)>) m.init_random(derive_seed(seed, name));
+  });
+}
+template <class Layer>
+int64_t member_bytes(const Layer& layer) {
+  int64_t n = 0;
+  Layer::members(layer, [&](const std::string&, const auto& m) {
+    if constexpr (detail::is_param_v<decltype(m)>) {
+      n += m.bytes();
+    } else {
+      n += m.weight_bytes();
+    }
+  });
+  return n;
+}
+
 }  // namespace effattn::layers
