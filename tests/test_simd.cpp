@@ -263,4 +263,22 @@ TYPED_TEST(SimdTest, OnlineSoftmaxBlocksAndMergeEqualDirectSoftmax) {
   EXPECT_EQ(e1.lse(), -std::numeric_limits<T>::infinity());
 }
 
+#if EFFATTN_HAS_SIMD
+// hsum_rows: out[i] = the sum of register i, for every i, whatever lane order xsimd's haddp uses.
+TYPED_TEST(SimdTest, HsumRowsEqualsEachRegistersSum) {
+  using T = TypeParam;
+  constexpr int64_t L = simd::kLanes<T>;
+  Buf<T> x(L * L, 0, 31);
+  simd::Vec<T> rows[L];
+  for (int64_t i = 0; i < L; ++i) rows[i] = simd::load(x.p + i * L);
+  T out[L];
+  simd::hsum_rows(rows, simd::haddp_lanes<T>(), out);
+  for (int64_t i = 0; i < L; ++i) {
+    double ref = 0, mag = 0;
+    for (int64_t l = 0; l < L; ++l) ref += double(x.p[i * L + l]), mag += std::abs(x.p[i * L + l]);
+    EXPECT_NEAR(double(out[i]), ref, 4 * eps<T>() * mag) << "register " << i;
+  }
+}
+#endif
+
 }  // namespace

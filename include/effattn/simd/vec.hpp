@@ -53,6 +53,39 @@ inline T hmax(const Vec<T>& v) {
   return m;
 }
 
+// Row sums of kLanes<T> registers at once: out[i] = sum of the lanes of rows[i], i < kLanes<T>
+// (one transposing reduction, xsimd::haddp, instead of kLanes<T> horizontal sums). `lanes` is
+// haddp_lanes<T>(), fetched once outside the caller's loops: xsimd 8.1's AVX-512 float haddp
+// returns the sums of registers 2-5 and 10-13 swapped in pairs, so the lane of each sum is
+// measured once instead of assumed.
+template <class T>
+inline const int* haddp_lanes() {
+  static const auto lanes = [] {
+    struct Table {
+      int lane[kLanes<T>];
+    } m{};
+    Vec<T> rows[kLanes<T>];
+    alignas(64) T buf[kLanes<T>];
+    for (int64_t i = 0; i < kLanes<T>; ++i) {
+      for (int64_t l = 0; l < kLanes<T>; ++l) buf[l] = l == 0 ? T(i + 1) : T(0);
+      rows[i] = Vec<T>::load_aligned(buf);
+    }
+    xsimd::haddp(rows).store_aligned(buf);
+    for (int64_t lane = 0; lane < kLanes<T>; ++lane) {
+      const int64_t i = static_cast<int64_t>(buf[lane]) - 1;
+      m.lane[i >= 0 && i < kLanes<T> ? i : lane] = static_cast<int>(lane);
+    }
+    return m;
+  }();
+  return lanes.lane;
+}
+template <class T>
+inline void hsum_rows(const Vec<T>* rows, const int* lanes, T* out) {
+  alignas(64) T buf[kLanes<T>];
+  xsimd::haddp(rows).store_aligned(buf);
+  for (int64_t i = 0; i < kLanes<T>; ++i) out[i] = buf[lanes[i]];
+}
+
 // kLanes<T> elements stored as S, as a register of T: S = T is a plain load; S = bf16 (T = float)
 // widens in registers (a bf16 is the high half of a float: zero-extend to 32 bits, shift left 16);
 // any other pair converts through a buffer.
