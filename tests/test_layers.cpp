@@ -614,6 +614,23 @@ TEST(Weights, LoadConvertsFileDtypes) {
   EXPECT_EQ(d.weight.value()(0, 3).bits, 0x3F80);  // 1 + 2^-8 ties to even: 1.0
 }
 
+// A file tensor equal to the expected shape up to size-1 dims (Kimi Linear's A_log [1, 1, H, 1]
+// for [H]) loads in order; other shapes with the same count (a transpose or a reshape) do not.
+TEST(Weights, LoadAcceptsSizeOneDimsOnly) {
+  const std::vector<float> v = {1, 2, 3, 4, 5, 6};
+  const SafeTensors st = raw_file({
+      {"p.unit", "F32", {1, 1, 6, 1}, le_bytes(v)},
+      {"p.other", "F32", {3, 2}, le_bytes(v)},
+  });
+  layers::Param<float> unit("unit", {6}), other("other", {6});
+  unit.load(st, "p", "Test");
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(unit.value()(i), v[size_t(i)]) << i;
+  EXPECT_THAT(error_of([&] { other.load(st, "p", "Test"); }),
+              HasSubstr("Test: tensor 'p.other' in raw.safetensors is F32 [3, 2], expected [6]"));
+  layers::Param<float> mat("unit", {2, 3});
+  EXPECT_THROW(mat.load(st, "p", "Test"), Error);
+}
+
 TEST(Weights, InitRandomIsSeededAndPlatformIndependent) {
   layers::Linear<float> a(16, 8, true), b(16, 8, true), c(16, 8, true);
   a.init_random(42);

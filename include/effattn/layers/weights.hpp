@@ -184,11 +184,26 @@ class Param {
     const io::TensorInfo& ti = st.info(full);
     const bool same_shape = ti.dims.size() == static_cast<std::size_t>(shape().ndim()) &&
                             std::equal(ti.dims.begin(), ti.dims.end(), shape().begin());
-    check(same_shape && detail::float_dtype(ti.dtype), layer, ": tensor '", full, "' in ",
-          st.source(), " is ", io::dtype_name(ti.dtype), " ", detail::dims_str(ti.dims),
+    // Up to size-1 dims (Kimi Linear keeps A_log as [1, 1, H, 1] where fla has [H]): the same
+    // numbers in the same order, so they load as the expected shape.
+    const auto squeezed = [](auto b, auto e) {
+      std::vector<int64_t> v;
+      for (; b != e; ++b)
+        if (*b != 1) v.push_back(static_cast<int64_t>(*b));
+      return v;
+    };
+    const bool unit_dims = !same_shape && squeezed(ti.dims.begin(), ti.dims.end()) ==
+                                              squeezed(shape().begin(), shape().end());
+    check((same_shape || unit_dims) && detail::float_dtype(ti.dtype), layer, ": tensor '", full,
+          "' in ", st.source(), " is ", io::dtype_name(ti.dtype), " ", detail::dims_str(ti.dims),
           ", expected ", shape().str(), " of F32, BF16, F16 or F64 (stored as ",
           detail::storage_name<S>(), ")");
-    value_ = st.get<S>(full);
+    if (same_shape) {
+      value_ = st.get<S>(full);
+    } else {
+      const Tensor<S> t = st.get<S>(full);
+      std::copy(t.data(), t.data() + t.numel(), value_.data());
+    }
   }
 
   // Writes the parameter as join(prefix, name()) in S's dtype (nothing when disabled).
