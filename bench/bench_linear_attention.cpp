@@ -1,8 +1,9 @@
 // Benchmarks of the gated-linear-recurrence engine (ops/linear_attention, ops/ssm/ssd.hpp).
 //
 // Code paths:
-//   prefill_simple_gla / prefill_gla  chunk form (chunk_head: intra scores, then output and state
-//                                     passing fused per column block of S, chunk_kernels.hpp),
+//   prefill_simple_gla / prefill_gla  chunk form (chunk_heads -> causal_chunk: intra scores,
+//                                     output and state passing fused per column block of S,
+//                                     chunk_kernels.hpp; heads grouped per task),
 //                                     B = 1, H = 16, K = V in {64, 128}, T in {2048, 8192, 65536}
 //   prefill_gla_recurrent             recurrent form over the same prefill (recurrent_head), the
 //                                     baseline the chunk form must beat by >= 2x

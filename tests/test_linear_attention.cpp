@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "effattn/ops/common/chunk_gates.hpp"
@@ -557,6 +558,22 @@ void check_chunk_kernels() {
 TEST(ChunkKernels, ProductSumAndOutputState) {
   check_chunk_kernels<double>();
   check_chunk_kernels<float>();
+}
+
+// The chunk form's transpose (16 x 16 register blocks for float with AVX-512, element by element
+// otherwise): whole blocks, partial blocks on both sides, leading dimensions wider than the rows.
+TEST(ChunkKernels, Transpose) {
+  for (auto [rows, cols] :
+       {std::pair<int64_t, int64_t>{16, 64}, {32, 48}, {16, 40}, {7, 16}, {33, 17}, {1, 1}}) {
+    const int64_t lds = cols + 3, ldd = rows + 5;
+    std::vector<float> src(static_cast<size_t>(rows * lds)), dst(static_cast<size_t>(cols * ldd));
+    for (size_t i = 0; i < src.size(); ++i) src[i] = float(i) * 0.5f - 3.0f;
+    linattn_detail::transpose(rows, cols, src.data(), lds, dst.data(), ldd);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        ASSERT_EQ(dst[j * ldd + i], src[i * lds + j])
+            << rows << "x" << cols << " " << i << "," << j;
+  }
 }
 
 // Bad arguments raise effattn::Error naming the argument.

@@ -64,13 +64,15 @@ struct PrefetchRows {
   Stream s[6];
   int ns = 0;
   int64_t rows = 0, next = 0;
+  int64_t end = INT64_MAX;  // issue rows [next, min(rows, end)) by the end of the current call
   void add(const void* p, int64_t stride_bytes, int64_t row_bytes) {
     if (p && ns < 6) s[ns++] = {static_cast<const char*>(p), stride_bytes, row_bytes};
   }
-  // Prefetches the next `count` rows of every stream.
+  int64_t limit() const { return std::min(rows, end); }
+  // Prefetches the next `count` rows of every stream (up to limit()).
   void issue(int64_t count) {
-    const int64_t end = std::min(rows, next + count);
-    for (; next < end; ++next)
+    const int64_t stop = std::min(limit(), next + count);
+    for (; next < stop; ++next)
       for (int i = 0; i < ns; ++i) prefetch_l2(s[i].p + next * s[i].stride, s[i].bytes);
   }
 };
@@ -222,7 +224,7 @@ inline void chunk_output_and_state(int64_t n, int64_t K, int64_t Vd, const T* Qe
   // A column block of S: [K, 32] floats = 16 KB for K = 128.
   constexpr int64_t kBlock = 32;
   const int64_t steps = 2 * ((Vd + kBlock - 1) / kBlock);
-  const int64_t pf_rows = pf ? (pf->rows - pf->next + steps - 1) / steps : 0;
+  const int64_t pf_rows = pf ? (pf->limit() - pf->next + steps - 1) / steps : 0;
   for (int64_t c0 = 0; c0 < Vd; c0 += kBlock) {
     const int64_t c1 = std::min(Vd, c0 + kBlock);
     if (pf) pf->issue(pf_rows);

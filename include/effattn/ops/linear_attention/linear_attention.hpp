@@ -44,16 +44,18 @@ void run(const Problem<T>& p) {
   for (int64_t n = 0; n < p.N; ++n) max_len = std::max(max_len, p.len_of(n));
   const bool any_chunk = !force_rec && (force_chunk || max_len >= kAutoChunkMinLen);
   const SharedScores<T> shared = any_chunk ? shared_scores(p, threads) : SharedScores<T>();
+  // Tasks: groups of heads of one sequence (heads_per_task).
+  const int64_t hpt = heads_per_task(p, get_num_threads(threads)), groups = (p.H + hpt - 1) / hpt;
   parallel_for(
-      0, p.N * p.H,
+      0, p.N * groups,
       [&](int64_t i) {
-        const int64_t n = i / p.H, h = i % p.H;
-        const HeadIO<T> io = head_io(p, n, h);
-        const bool rec = force_rec || (!force_chunk && io.len < kAutoChunkMinLen);
-        if (rec)
-          recurrent_head(p, io);
-        else
-          chunk_head(p, io, shared.at(p, n, h));
+        const int64_t n = i / groups, h0 = i % groups * hpt, h1 = std::min(p.H, h0 + hpt);
+        const int64_t len = p.len_of(n);
+        if (force_rec || (!force_chunk && len < kAutoChunkMinLen)) {
+          for (int64_t h = h0; h < h1; ++h) recurrent_head(p, head_io(p, n, h));
+        } else {
+          chunk_heads(p, n, h0, h1, shared);
+        }
       },
       threads);
 }
