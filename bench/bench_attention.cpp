@@ -11,6 +11,10 @@
 //   decode           attention() with Tq = 1 -> split-K decode path (attention_decode_run),
 //                    Hq=32, Hkv=8, K=V=128, float or bf16 keys/values. GB/s counts the K and V
 //                    bytes read once.
+//   decode_cache     cached_attention() on a KVCache holding Tk tokens (the cache's own storage,
+//                    one new token appended per call, then truncated back): the decode path as
+//                    a model runs it; Hq=32, Hkv=8, K=V=128, float or bf16 cache. GB/s counts
+//                    the K and V bytes of the Tk + 1 cached tokens.
 //   decode_read      no attention: the sum of every float of decode's K and V caches, the read
 //                    ceiling of decode on this machine (GB/s counts bytes read, like decode).
 #include <sys/resource.h>
@@ -21,6 +25,7 @@
 
 #include "bench_common.hpp"
 #include "effattn/ops/attention/attention.hpp"
+#include "effattn/ops/attention/kv_cache.hpp"
 
 using namespace effattn;
 
@@ -112,6 +117,27 @@ void decode(benchmark::State& state) {
   bench::set_rates(state, 4.0 * double(Tk) * D * Hq, 2.0 * double(Tk) * Hkv * D * sizeof(KV));
 }
 
+// Args: {Tk, threads}. One decode step through a KVCache<KV> that holds Tk tokens.
+template <class KV>
+void decode_cache(benchmark::State& state) {
+  const int64_t Tk = state.range(0), Hq = 32, Hkv = 8, D = 128;
+  bench::use_threads(static_cast<int>(state.range(1)));
+  const Tensor<float> q = bench::random_tensor<float>({1, 1, Hq, D}, 1);
+  const Tensor<float> kn = bench::random_tensor<float>({1, 1, Hkv, D}, 4);
+  const Tensor<float> vn = bench::random_tensor<float>({1, 1, Hkv, D}, 5);
+  KVCache<KV> cache(1, Hkv, D, D, Tk + 1);
+  cache.template append<float>(bench::random_tensor<float>({1, Tk, Hkv, D}, 2),
+                               bench::random_tensor<float>({1, Tk, Hkv, D}, 3));
+  Tensor<float> o({1, 1, Hq, D});
+  for (auto _ : state) {
+    cache.truncate(Tk);
+    cached_attention<float, KV>(q, kn, vn, cache, o);
+    benchmark::DoNotOptimize(o.data());
+  }
+  bench::set_rates(state, 4.0 * double(Tk + 1) * D * Hq,
+                   2.0 * double(Tk + 1) * Hkv * D * sizeof(KV));
+}
+
 // Args: {Tk, threads}. The read ceiling of decode: the sum of every float of the decode case's
 // K and V caches ([1, Tk, 8, 128] each), keys split in contiguous halves across threads. GB/s
 // counts the bytes read, as decode does (the triad counts 2 reads + 1 write, and the write
@@ -185,6 +211,18 @@ BENCHMARK(decode_read)
     ->UseRealTime();
 BENCHMARK(decode<bf16>)
     ->Name("decode_bf16")
+    ->ArgNames({"Tk", "threads"})
+    ->ArgsProduct({{8192, 32768}, {1, 2}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(decode_cache<float>)
+    ->Name("decode_cache_f32")
+    ->ArgNames({"Tk", "threads"})
+    ->ArgsProduct({{8192, 32768}, {1, 2}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(decode_cache<bf16>)
+    ->Name("decode_cache_bf16")
     ->ArgNames({"Tk", "threads"})
     ->ArgsProduct({{8192, 32768}, {1, 2}})
     ->Unit(benchmark::kMicrosecond)

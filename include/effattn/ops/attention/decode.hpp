@@ -6,6 +6,10 @@
 // Scores: 4 query rows x (L/4) keys per register block, reduced with one transposing sum;
 // the online softmax runs across query rows in SIMD lanes; P.V is the prefill micro-kernel.
 // bf16 keys / values are widened inside the loads (no conversion pass).
+// Head-major keys / values (rows contiguous within a kv head, as KVCache stores them) take a
+// second form, decode_partial_head: one item per (kv head, split), each streaming one head's
+// contiguous keys and values with a software prefetch kDecodeHeadAhead keys ahead. Partials
+// of the split-K items live in a per-thread buffer reused across calls.
 //
 // merge_states(o_a, lse_a, o_b, lse_b) is the same merge on normalised outputs.
 #pragma once
@@ -114,8 +118,11 @@ inline T dot_as(const T* q, const S* k, int64_t n) {
   }
 }
 
-template <class T, class KRow>
-inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St, int64_t ld) {
+// St[j * ldj + r * ldr] for query row r < 4 and key j < bk. hook(j) runs before each register
+// block of keys j .. (a place to issue prefetches spread over the FMAs).
+template <class T, class KRow, class Hook>
+inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St, int64_t ldj,
+                         int64_t ldr, Hook&& hook) {
   int64_t j = 0;
 #if EFFATTN_HAS_SIMD
   constexpr int64_t L = kL<T>;
@@ -124,6 +131,7 @@ inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St,
     const int64_t kv = K / L * L;
     const auto& lane_of = haddp_lanes<T>();
     for (; j + KB <= bk; j += KB) {
+      hook(j);
       VecT<T> acc[L];
       decltype(krow(0)) kr[KB];
       for (int64_t b = 0; b < KB; ++b) kr[b] = krow(j + b);
@@ -146,13 +154,13 @@ inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St,
         for (int64_t r = 0; r < 4; ++r) {
           T t = sums[lane_of[b * 4 + r]];
           for (int64_t d = kv; d < K; ++d) t += Qs[r * K + d] * to_t<T>(kr[b][d]);
-          St[(j + b) * ld + r] = t;
+          St[(j + b) * ldj + r * ldr] = t;
         }
     }
   }
 #endif
   for (; j < bk; ++j)
-    for (int64_t r = 0; r < 4; ++r) St[j * ld + r] = dot_as(Qs + r * K, krow(j), K);
+    for (int64_t r = 0; r < 4; ++r) St[j * ldj + r * ldr] = dot_as(Qs + r * K, krow(j), K);
 }
 
 // Partial state of all rows of a segment over keys [j_begin, j_end): m [R], l [R],
@@ -244,7 +252,8 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
         auto krow = [&](int64_t j) { return kbase + (jb + j) * kstep + hk * khs; };
         T* Sb = St + jb * Rp;
         int64_t r = hk * RG;
-        for (; r + 4 <= (hk + 1) * RG; r += 4) scores_4rows(Qs + r * K, K, nb, krow, Sb + r, Rp);
+        for (; r + 4 <= (hk + 1) * RG; r += 4)
+          scores_4rows(Qs + r * K, K, nb, krow, Sb + r, Rp, 1, [](int64_t) {});
         for (; r < (hk + 1) * RG; ++r)
           for (int64_t j = 0; j < nb; ++j) Sb[j * Rp + r] = dot_as(Qs + r * K, krow(j), K);
       }
@@ -291,6 +300,146 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
   }
 }
 
+// Online softmax along the keys of each row: St [R, ld], keys j < bk. For row r:
+// M = max(m, max_j s_j), alpha = e^(m - M), p_j = e^(s_j - M) (in place), l = alpha l + sum p.
+template <class T>
+inline void online_softmax_rows(T* St, int64_t ld, int64_t R, int64_t bk, T* m, T* l, T* alpha) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t r = 0; r < R; ++r) {
+    T* s = St + r * ld;
+    const T mx = std::max(m[r], simd::reduce_max(s, bk));
+    if (mx == ninf) {  // nothing visible yet: p = 0, o and l stay 0
+      std::fill(s, s + bk, T(0));
+      alpha[r] = T(1);
+      continue;
+    }
+    const T a = m[r] == ninf ? T(0) : std::exp(m[r] - mx);
+    l[r] = a * l[r] + simd::exp_sub_sum(s, mx, s, bk);
+    m[r] = mx;
+    alpha[r] = a;
+  }
+}
+
+// Per-thread scratch, reused across calls (grows to the largest need, never shrinks); Tag
+// names the user, so two users on one thread never share a buffer.
+struct DecodeRowsTag;      // decode_partial's Qs, St, m, l, alpha
+struct DecodeHeadRowsTag;  // decode_partial_head's
+struct DecodePartialsTag;  // attention_decode_run's split partials
+template <class Tag, class T>
+inline std::vector<T>& decode_scratch() {
+  thread_local std::vector<T> buf;
+  return buf;
+}
+
+// Prefetch distance (keys) of the head-major path. Even one contiguous stream needs it here:
+// without it the hardware prefetcher keeps too few lines in flight while the core does the
+// FMAs (Hq=32 Hkv=8 D=128 float, 1 thread: 12 GB/s with no prefetch; 8 / 16 / 32 / 64 keys
+// ahead 27 / 28 / 26 / 25 GB/s from DRAM; prefetching every second line: 13.5).
+inline constexpr int64_t kDecodeHeadAhead = 16;
+
+// Head-major form of decode_partial, for caches whose rows are contiguous within a kv head
+// (k.stride(1) == K, v.stride(1) == V: the KVCache's storage [B, Hkv, slots, D]). One item is
+// one kv head hk over keys [j_begin, j_end): its G * tq query rows against one contiguous key
+// stream and one contiguous value stream (no page-strided rows). Partials of
+// rows hk * RG .. (hk + 1) * RG: pm, pl [RG], po [RG, V].
+// Scores are row-major, St [RG, BK]: each block of 4 query rows reads a key row once (from L1
+// for the next 4 rows), the softmax runs along the keys in lanes, and P.V is the micro-kernel
+// with the probabilities as A (row stride BK).
+template <class T, class KV>
+void decode_partial_head(const Problem<T, KV>& P, const Segment& sg, int64_t hk, int64_t j_begin,
+                         int64_t j_end, T* pm, T* pl, T* po) {
+  constexpr int64_t BK = kDecodeBlock;
+  constexpr int64_t L = kL<T>;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t K = P.K, V = P.V, G = P.G, tq = sg.tq, RG = G * tq;
+  const MaskPolicy mask = P.mask(sg);
+
+  // Buffers: Qs [RG, K] (scaled queries), St [RG, BK], m, l, alpha [RG].
+  std::vector<T>& buf = decode_scratch<DecodeHeadRowsTag, T>();
+  const std::size_t need = static_cast<std::size_t>(RG * K + RG * BK + 3 * RG);
+  if (buf.size() < need) buf.resize(need);
+  T* Qs = buf.data();
+  T* St = Qs + RG * K;
+  T* m = St + RG * BK;
+  T* l = m + RG;
+  T* alpha = l + RG;
+  std::fill(m, m + RG, ninf);
+  std::fill(l, l + RG, T(0));
+  // row r: query head h = hk * G + r / tq, query t = r % tq
+  for (int64_t r = 0; r < RG; ++r) {
+    const T* qr = P.q.ptr(sg.bq, sg.q0 + r % tq, hk * G + r / tq);
+    for (int64_t d = 0; d < K; ++d) Qs[r * K + d] = P.scale * qr[d];
+    std::fill(po + r * V, po + (r + 1) * V, T(0));
+  }
+
+  const KV* khead = P.k.ptr(sg.bk, sg.k0, hk);
+  const KV* vhead = P.v.ptr(sg.bk, sg.k0, hk);
+  const int64_t kstep = P.k.stride(1), vstep = P.v.stride(1);  // == K, V
+  // Software prefetch kDecodeHeadAhead keys ahead of the score loop, key and value rows, one
+  // register block of keys at a time (spread over the FMAs).
+  auto prefetch = [&](int64_t j, int64_t n) {
+    if constexpr (kDecodeHeadAhead > 0) {
+      const int64_t a = j + kDecodeHeadAhead, b = std::min(a + n, j_end);
+      if (a < b) {
+        decode_prefetch<0>(khead + a * kstep, (b - a) * kstep * int64_t(sizeof(KV)));
+        decode_prefetch<0>(vhead + a * vstep, (b - a) * vstep * int64_t(sizeof(KV)));
+      }
+    }
+  };
+  constexpr int64_t kStep = L >= 4 ? L / 4 : 1;  // keys per register block of scores_4rows
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += BK) {
+    const int64_t j1 = std::min(j0 + BK, j_end), bk = j1 - j0;
+    const TileKind kind = mask.classify(0, tq, j0, j1);
+    if (kind == TileKind::kHidden) continue;
+    const KV* kb = khead + j0 * kstep;
+    const KV* vb = vhead + j0 * vstep;
+    auto krow = [&](int64_t j) { return kb + j * kstep; };
+
+    // St[r, j] = Qs[r] . K[j]
+    int64_t r = 0;
+    for (; r + 4 <= RG; r += 4)  // (the first 4 rows issue the prefetches)
+      scores_4rows(Qs + r * K, K, bk, krow, St + r * BK, 1, BK, [&, r](int64_t j) {
+        if (r == 0) prefetch(j0 + j, kStep);
+      });
+    for (const int64_t r0 = r; r < RG; ++r)  // (G * tq < 4: these rows prefetch)
+      for (int64_t j = 0; j < bk; ++j) {
+        if (r0 == 0 && r == 0) prefetch(j0 + j, 1);
+        St[r * BK + j] = dot_as(Qs + r * K, krow(j), K);
+      }
+
+    if (P.var.softcap > 0)
+      for (int64_t r2 = 0; r2 < RG; ++r2)
+        for (int64_t j = 0; j < bk; ++j)
+          St[r2 * BK + j] = softcap_scalar(St[r2 * BK + j], P.var.softcap);
+    if (P.var.elementwise())
+      for (int64_t r2 = 0; r2 < RG; ++r2)
+        for (int64_t j = 0; j < bk; ++j)
+          St[r2 * BK + j] += P.var.extra(sg.bq, hk * G + r2 / tq, sg.q0 + r2 % tq, sg.k0 + j0 + j);
+    if (kind == TileKind::kPartial)
+      for (int64_t r2 = 0; r2 < RG; ++r2)
+        for (int64_t j = 0; j < bk; ++j)
+          if (!mask.visible(r2 % tq, j0 + j)) St[r2 * BK + j] = ninf;
+
+    online_softmax_rows(St, BK, RG, bk, m, l, alpha);
+    for (int64_t r2 = 0; r2 < RG; ++r2)
+      if (alpha[r2] != T(1)) simd::scale(alpha[r2], po + r2 * V, V);
+
+    // o[r, e] += sum_j St[r, j] V[j, e]; the V % L tail columns go scalar.
+    const int64_t nvec = V / L, tail0 = nvec * L;
+    if (nvec > 0) tile_gemm<T, KV>(RG, nvec, bk, St, BK, 1, vb, vstep, po, V, true, nullptr);
+    for (int64_t r2 = 0; r2 < RG && tail0 < V; ++r2)
+      for (int64_t j = 0; j < bk; ++j) {
+        const T p = St[r2 * BK + j];
+        const KV* vj = vb + j * vstep;
+        for (int64_t e = tail0; e < V; ++e) po[r2 * V + e] += p * to_t<T>(vj[e]);
+      }
+  }
+  for (int64_t r = 0; r < RG; ++r) {
+    pm[r] = m[r];
+    pl[r] = l[r];
+  }
+}
+
 }  // namespace attn_detail
 
 template <class T, class KV>
@@ -298,16 +447,20 @@ void attention_decode_run(const attn_detail::Problem<T, KV>& P,
                           const std::vector<std::size_t>& seg_ids) {
   using namespace attn_detail;
   const T ninf = -std::numeric_limits<T>::infinity();
-  const int64_t split = P.decode_split > 0 ? P.decode_split : kDecodeSplit;
   const int64_t V = P.V;
+  // Head-major keys / values (rows contiguous within a kv head, as the KVCache stores them):
+  // one item per (kv head, split), see decode_partial_head. Otherwise items cover all kv heads.
+  const bool by_head = P.Hkv > 1 && P.k.stride(1) == P.K && P.v.stride(1) == P.V;
   struct Item {
     std::size_t seg;
+    int64_t hk;  // kv head (by_head), else -1: all heads
     int64_t j0, j1;
     int64_t part;  // offset of its rows in the partial buffers
   };
+  // The splits of one segment's rows [r0, r1), merged in order.
   struct Group {
     std::size_t seg;
-    int64_t first_item, nitems;
+    int64_t r0, r1, first_item, nitems;
   };
   std::vector<Item> items;
   std::vector<Group> groups;
@@ -317,29 +470,41 @@ void attention_decode_run(const attn_detail::Problem<T, KV>& P,
     if (sg.tq == 0) continue;
     const MaskPolicy mask = P.mask(sg);
     const int64_t jlo = std::min(mask.lo(0), sg.tk), jhi = std::max(jlo, mask.hi(sg.tq - 1));
+    // Split size: given, or kDecodeSplit keys; by head, at least 1/8 of the keys, so there are
+    // few partials to merge (never from the thread count: results must not depend on it).
+    int64_t split = P.decode_split;
+    if (split <= 0) split = by_head ? std::max(kDecodeSplit, (jhi - jlo + 7) / 8) : kDecodeSplit;
     const int64_t nsplit = std::max<int64_t>(1, (jhi - jlo + split - 1) / split);
-    const int64_t R = P.Hq * sg.tq;
-    groups.push_back({s, static_cast<int64_t>(items.size()), nsplit});
-    for (int64_t n = 0; n < nsplit; ++n) {
-      const int64_t a = jlo + n * split, b = std::min(jhi, a + split);
-      items.push_back({s, a, b, rows_total});
-      rows_total += R;
+    const int64_t RG = P.G * sg.tq;
+    for (int64_t hk = 0; hk < (by_head ? P.Hkv : 1); ++hk) {
+      const int64_t rows = by_head ? RG : P.Hq * sg.tq, r0 = by_head ? hk * RG : 0;
+      groups.push_back({s, r0, r0 + rows, static_cast<int64_t>(items.size()), nsplit});
+      for (int64_t n = 0; n < nsplit; ++n) {
+        const int64_t a = jlo + n * split, b = std::min(jhi, a + split);
+        items.push_back({s, by_head ? hk : -1, a, b, rows_total});
+        rows_total += rows;
+      }
     }
   }
-  std::vector<T> pm(static_cast<std::size_t>(rows_total)), pl(pm.size()),
-      po(pm.size() * static_cast<std::size_t>(V));
+  // Partials m, l [rows_total], o [rows_total, V], reused across calls.
+  std::vector<T>& part = decode_scratch<DecodePartialsTag, T>();
+  const std::size_t nrows = static_cast<std::size_t>(rows_total);
+  if (part.size() < nrows * static_cast<std::size_t>(V + 2))
+    part.resize(nrows * static_cast<std::size_t>(V + 2));
+  T* pm = part.data();
+  T* pl = pm + nrows;
+  T* po = pl + nrows;
   const int threads = get_num_threads(P.num_threads);
-  std::vector<std::vector<T>> bufs(static_cast<std::size_t>(threads));
   parallel_for(
       0, static_cast<int64_t>(items.size()),
       [&](int64_t it) {
-        int tid = 0;
-#if defined(_OPENMP)
-        if (threads > 1) tid = omp_get_thread_num();
-#endif
         const Item& w = items[static_cast<std::size_t>(it)];
-        decode_partial(P, P.segs[w.seg], w.j0, w.j1, pm.data() + w.part, pl.data() + w.part,
-                       po.data() + w.part * V, bufs[static_cast<std::size_t>(tid)]);
+        if (w.hk >= 0)
+          decode_partial_head(P, P.segs[w.seg], w.hk, w.j0, w.j1, pm + w.part, pl + w.part,
+                              po + w.part * V);
+        else
+          decode_partial(P, P.segs[w.seg], w.j0, w.j1, pm + w.part, pl + w.part, po + w.part * V,
+                         decode_scratch<DecodeRowsTag, T>());
       },
       threads);
 
@@ -350,24 +515,23 @@ void attention_decode_run(const attn_detail::Problem<T, KV>& P,
       [&](int64_t gi) {
         const Group& g = groups[static_cast<std::size_t>(gi)];
         const Segment& sg = P.segs[g.seg];
-        const int64_t R = P.Hq * sg.tq;
         std::vector<T> acc(static_cast<std::size_t>(V));
-        for (int64_t r = 0; r < R; ++r) {
+        for (int64_t r = g.r0; r < g.r1; ++r) {
           const int64_t h = r / sg.tq, t = r % sg.tq;
+          auto row = [&](int64_t n) { return items[g.first_item + n].part + (r - g.r0); };
           T M = ninf;
-          for (int64_t n = 0; n < g.nitems; ++n)
-            M = std::max(M, pm[items[g.first_item + n].part + r]);
+          for (int64_t n = 0; n < g.nitems; ++n) M = std::max(M, pm[row(n)]);
           const T sink = P.var.sink(h);
           const T Mf = std::max(M, sink);
           T lsum = sink == ninf ? T(0) : std::exp(sink - Mf);
           std::fill(acc.begin(), acc.end(), T(0));
           if (M != ninf) {
             for (int64_t n = 0; n < g.nitems; ++n) {
-              const int64_t row = items[g.first_item + n].part + r;
-              if (pm[row] == ninf) continue;
-              const T f = std::exp(pm[row] - Mf);
-              lsum += pl[row] * f;
-              simd::axpy(f, po.data() + row * V, acc.data(), V);
+              const int64_t rw = row(n);
+              if (pm[rw] == ninf) continue;
+              const T f = std::exp(pm[rw] - Mf);
+              lsum += pl[rw] * f;
+              simd::axpy(f, po + rw * V, acc.data(), V);
             }
           }
           const bool empty = Mf == ninf || lsum == T(0);

@@ -6,6 +6,13 @@
 //   ring (window W > 0): k, v [B, W, Hkv, K|V]; position t in slot t % W, so a sliding-window
 //     layer keeps O(W) memory however long the context grows.
 //
+// Those are the shapes of the views keys() / values(); the storage underneath is head-major,
+// [B, Hkv, slots, K|V] (FlashInfer's HND; llama.cpp keeps each head's K contiguous too), and the
+// views carry the strides (row K, head slots * K). So each kv head's keys are one contiguous
+// stream, which decode reads at the hardware prefetcher's pace; in [B, T, Hkv, D] one head's
+// rows are Hkv * D apart (4 KB for 8 heads of 128 floats), a page each, and streamed per head
+// they read at half the speed. attention() takes the strided views as they are.
+//
 // cached_attention(q, k_new, v_new, cache, o) appends the new tokens and attends their queries
 // (positions len .. len+T-1) causally over everything cached, plus the layer's window. On a ring
 // the new queries read the old slots (at most two contiguous runs of positions) and the new
@@ -34,15 +41,15 @@ class KVCache {
     check(window >= 0, "KVCache: window must be >= 0 (0 = no ring), got ", window);
     check(window > 0 || capacity > 0, "KVCache: capacity must be positive, got ", capacity);
     const int64_t slots = window > 0 ? window : capacity;
-    k_ = Tensor<S>({batch, slots, heads, k_dim});
-    v_ = Tensor<S>({batch, slots, heads, v_dim});
+    k_ = Tensor<S>({batch, heads, slots, k_dim});
+    v_ = Tensor<S>({batch, heads, slots, v_dim});
   }
 
   int64_t batch() const { return k_.size(0); }
-  int64_t heads() const { return k_.size(2); }
+  int64_t heads() const { return k_.size(1); }
   int64_t k_dim() const { return k_.size(3); }
   int64_t v_dim() const { return v_.size(3); }
-  int64_t slots() const { return k_.size(1); }
+  int64_t slots() const { return k_.size(2); }
   bool is_ring() const { return window_ > 0; }
   int64_t window() const { return window_; }
   // Tokens appended so far (the position of the next token).
@@ -50,10 +57,20 @@ class KVCache {
   // Tokens held: length() for a linear cache, min(length(), window) for a ring.
   int64_t stored() const { return std::min(len_, slots()); }
   void reset() { len_ = 0; }
+  // Drops the tokens from position n on (a linear cache only: a ring has overwritten the slots
+  // that would come back into its window). For rolling back rejected speculative tokens, and
+  // for benchmarks that decode the same step again.
+  void truncate(int64_t n) {
+    check(!is_ring(), "KVCache::truncate: not supported on a ring (window ", window_, ")");
+    check(n >= 0 && n <= len_, "KVCache::truncate: n (", n, ") must be in [0, length = ", len_,
+          "]");
+    len_ = n;
+  }
 
-  // Raw storage [B, slots, Hkv, K|V]; on a ring, position t is slot t % window.
-  TensorView<const S> keys() const { return k_.view(); }
-  TensorView<const S> values() const { return v_.view(); }
+  // The slots as [B, slots, Hkv, K|V] views of the head-major storage (strides
+  // {Hkv * slots * K, K, slots * K, 1}); on a ring, position t is slot t % window.
+  TensorView<const S> keys() const { return as_bthd(k_); }
+  TensorView<const S> values() const { return as_bthd(v_); }
 
   // Appends k [B, T, Hkv, K], v [B, T, Hkv, V] (any float type; converted to S).
   template <class T>
@@ -63,14 +80,13 @@ class KVCache {
     check(is_ring() || len_ + T_ <= slots(), "KVCache::append: ", T_, " tokens after ", len_,
           " exceed the capacity ", slots());
     // On a ring only the last `window` tokens of the chunk survive.
-    for (int64_t t = std::max<int64_t>(0, T_ - slots()); t < T_; ++t) {
-      const int64_t slot = (len_ + t) % slots();
-      for (int64_t b = 0; b < batch(); ++b)
-        for (int64_t h = 0; h < heads(); ++h) {
-          store_row(k.ptr(b, t, h), k_.view().ptr(b, slot, h), k_dim());
-          store_row(v.ptr(b, t, h), v_.view().ptr(b, slot, h), v_dim());
+    for (int64_t b = 0; b < batch(); ++b)
+      for (int64_t h = 0; h < heads(); ++h)
+        for (int64_t t = std::max<int64_t>(0, T_ - slots()); t < T_; ++t) {
+          const int64_t slot = (len_ + t) % slots();
+          store_row(k.ptr(b, t, h), k_.view().ptr(b, h, slot), k_dim());
+          store_row(v.ptr(b, t, h), v_.view().ptr(b, h, slot), v_dim());
         }
-    }
     len_ += T_;
   }
 
@@ -81,6 +97,12 @@ class KVCache {
   }
 
  private:
+  // Storage [B, Hkv, slots, D] seen as [B, slots, Hkv, D].
+  static TensorView<const S> as_bthd(const Tensor<S>& x) {
+    const int64_t H = x.size(1), N = x.size(2), D = x.size(3);
+    return TensorView<const S>(x.data(), Shape{x.size(0), N, H, D}, {H * N * D, D, N * D, 1});
+  }
+
   template <class T>
   static void store_row(const T* src, S* dst, int64_t n) {
     for (int64_t i = 0; i < n; ++i) {
