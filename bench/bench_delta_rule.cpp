@@ -12,6 +12,8 @@
 // forms; decode also GB/s = state bytes read + written. The chunk form's FLOPs per chunk of C
 // (dense count; the triangular products skip about a third of the intra-chunk part):
 // 2 (2 C^2 K [A, P] + C^2 (K + V) [W, U] + 3 C K V [U -= W S, Q S, S += K^T U] + C^2 V [P U]).
+// (Since session 3 the op forms U = T (beta v - beta k e^Gc S) and skips the C^2 K product
+// that formed W; the count is kept as it was so rates compare across sessions.)
 #include <cstdlib>
 
 #include "bench_common.hpp"

@@ -6,28 +6,30 @@
 //   A  = strict_lower(diag(beta) [k_i . (exp(Gc_i - Gc_j) k_j)])          [c, c]
 //   P  = lower      (scale [q_i . (exp(Gc_i - Gc_j) k_j)])                [c, c]
 //   T  = (I + A)^{-1}                      forward substitution           [c, c]
-//   W  = T diag(beta) (K * exp(Gc))        U = T diag(beta) V             [c, K], [c, V]
-//   U <- U - W S0                                                        (the u_t of the chunk)
+//   U  = T (diag(beta) V - diag(beta) (K * exp(Gc)) S0)                   [c, V]  (the u_t)
 //   O  = scale (Q * exp(Gc)) S0 + P U                                     [c, V]
 //   S  = diag(exp(Gc_last)) S0 + (K * exp(Gc_last - Gc))^T U              [K, V]
+// (U = U0 - W S0 with W = T diag(beta) (K * exp(Gc)) in the usual WY form; multiplying T into
+// the bracket instead skips the c^2 K product that forms W.)
 // Every exponent above is <= 0, except the per-channel (KDA) factorisation of A and P:
 //   exp(Gc_i - Gc_j) = exp(Gc_i - ref) exp(ref - Gc_j),  ref = per-channel midpoint of Gc
 // which turns A and P into plain products. Its factors stay within exp(+-kSafe/2) because a KDA
 // chunk ends early when some channel's decay within it would exceed kSafe (strong decay: shorter
 // chunks, never overflow).
 //
-// Cost per token and value head: the state products W S0, Q S0, K^T U are 6 K V FLOPs whatever
-// C is (the recurrent form does 7 K V); the intra-chunk products add about C (2K + K + V) with
-// the triangles partly skipped (T and P stop at their diagonal, A' and P' at the vector that
-// holds it).
+// Cost per token and value head: the state products (beta K e^Gc) S0, Q S0, K^T U are 6 K V
+// FLOPs whatever C is (the recurrent form does 7 K V); the intra-chunk products add about
+// C (2K + 2V) with the triangles partly skipped (T and P stop at their diagonal, A' and P' at
+// the vector that holds it).
 // The state pass walks S in column blocks of 2 vectors ([K, 32] floats, L1-resident) and does
-// all four state products on a block before the next, so S is read from L2 once per chunk.
+// all five block products on a block before the next, so S is read from L2 once per chunk.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "effattn/core/parallel.hpp"
@@ -83,6 +85,22 @@ inline void lanes_store(T* p, const Lanes<T>& v) {
   *p = v;
 #endif
 }
+template <class T>
+inline Lanes<T> lanes_exp(const Lanes<T>& x) {
+#if EFFATTN_HAS_SIMD
+  return simd::exp(x);
+#else
+  return simd::exp_scalar(x);
+#endif
+}
+template <class T>
+inline Lanes<T> lanes_min(const Lanes<T>& a, const Lanes<T>& b) {
+#if EFFATTN_HAS_SIMD
+  return xsimd::min(a, b);
+#else
+  return std::min(a, b);
+#endif
+}
 
 // One product C = init + A B on row-major storage:
 //   A(m, kk) = a[m * ars + kk * acs]   (any strides: a row-major matrix or a transposed one)
@@ -105,37 +123,52 @@ struct Tile {
 
 constexpr int kTileRows = 8;  // rows per register tile (8 x 2 vectors = 16 accumulators)
 
-// MR rows x NV vectors of C, inner length kn: A broadcast, one load of B per vector and kk.
-template <class T, int MR, int NV>
+// MR rows x NV vectors of C, inner length kn >= 1: A broadcast, one load of B per vector and
+// kk. kInit: C = s_m c0 + A B (added after the loop), else C = A B. Written so that GCC keeps
+// the accumulators in registers: fields copied to locals (a float store to c could alias
+// Tile::s), zero start, one loop path, no branch between the loop and the stores (any of
+// these made GCC 12 keep acc[][] on the stack, ~60 extra loads and stores per tile).
+template <class T, int MR, int NV, bool kInit>
 inline void tile_kernel(const Tile<T>& t, int64_t kn) {
   using VT = Lanes<T>;
   constexpr int64_t L = simd::kLanes<T>;
+  const T* a = t.a;
+  const T* b = t.b;
+  T* c = t.c;
+  const T* c0 = t.c0;
+  const int64_t ars = t.ars, acs = t.acs, ldb = t.ldb, ldc = t.ldc, ldc0 = t.ldc0;
+  const T s = t.s;
+  const T* rs = t.rs != nullptr ? t.rs : &s;  // row m's scale rs[m * rstep]
+  const int64_t rstep = t.rs != nullptr ? 1 : 0;
   VT acc[MR][NV];
-  for (int m = 0; m < MR; ++m) {
-    if (t.c0 == nullptr) {
-      for (int j = 0; j < NV; ++j) acc[m][j] = VT(T(0));
-    } else {
-      const VT sm(t.rs != nullptr ? t.rs[m] : t.s);
-      for (int j = 0; j < NV; ++j) acc[m][j] = sm * lanes_load(t.c0 + m * t.ldc0 + j * L);
-    }
-  }
-  for (int64_t kk = 0; kk < kn; ++kk) {
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < NV; ++j) acc[m][j] = VT(T(0));
+  int64_t kk = 0;
+  do {
     VT bv[NV];
-    for (int j = 0; j < NV; ++j) bv[j] = lanes_load(t.b + kk * t.ldb + j * L);
-    const T* ak = t.a + kk * t.acs;
+    for (int j = 0; j < NV; ++j) bv[j] = lanes_load(b + kk * ldb + j * L);
+    const T* ak = a + kk * acs;
     for (int m = 0; m < MR; ++m) {
-      const VT am(ak[m * t.ars]);  // C[m, :] += A(m, kk) B[kk, :]
+      const VT am(ak[m * ars]);  // C[m, :] += A(m, kk) B[kk, :]
       for (int j = 0; j < NV; ++j) acc[m][j] = lanes_fma(am, bv[j], acc[m][j]);
     }
+  } while (++kk < kn);
+  for (int m = 0; m < MR; ++m) {
+    for (int j = 0; j < NV; ++j) {
+      if constexpr (kInit)  // C[m, :] = s_m C0[m, :] + acc  (c0 may be c: read before write)
+        acc[m][j] = lanes_fma(VT(rs[m * rstep]), lanes_load(c0 + m * ldc0 + j * L), acc[m][j]);
+      lanes_store(c + m * ldc + j * L, acc[m][j]);
+    }
   }
-  for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < NV; ++j) lanes_store(t.c + m * t.ldc + j * L, acc[m][j]);
 }
 
 // tile_kernel for a runtime row count mr in [1, R].
 template <class T, int NV, int R = kTileRows>
 inline void tile_rows(int mr, const Tile<T>& t, int64_t kn) {
-  if (mr == R) return tile_kernel<T, R, NV>(t, kn);
+  if (mr == R) {
+    if (t.c0 != nullptr) return tile_kernel<T, R, NV, true>(t, kn);
+    return tile_kernel<T, R, NV, false>(t, kn);
+  }
   if constexpr (R > 1) tile_rows<T, NV, R - 1>(mr, t, kn);
 }
 
@@ -168,6 +201,56 @@ void tile_product(int64_t M, int64_t N, const Tile<T>& t, Kn&& kn, Ncol&& ncol) 
 }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+#if EFFATTN_HAS_SIMD && defined(__AVX512F__)
+// dst[x * ldd + i] = src[i * lds + x] for a 16 x 16 float block: four rounds of in-register
+// shuffles (pairs, quads, 128-bit lanes twice) instead of 256 scalar stores 64+ bytes apart.
+inline void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    for (int j = 0; j < 2; ++j) {
+      const __m512d lo = _mm512_castps_pd(t[i + j]), hi = _mm512_castps_pd(t[i + j + 2]);
+      r[i + 2 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi));
+      r[i + 2 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi));
+    }
+  }
+  for (int i = 0; i < 16; i += 8) {
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
+      t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xdd);
+    }
+  }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
+}
+#endif
+
+// dst[x * ldd + i] = src[i * lds + x] for i < rows, x < cols (k^T of a chunk's key rows).
+template <class T>
+void transpose_rows(const T* src, int64_t lds, int64_t rows, int64_t cols, T* dst, int64_t ldd) {
+  int64_t i0 = 0;
+#if EFFATTN_HAS_SIMD && defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; i0 + 16 <= rows; i0 += 16) {
+      int64_t x0 = 0;
+      for (; x0 + 16 <= cols; x0 += 16)
+        transpose16(src + i0 * lds + x0, lds, dst + x0 * ldd + i0, ldd);
+      for (; x0 < cols; ++x0)
+        for (int64_t i = i0; i < i0 + 16; ++i) dst[x0 * ldd + i] = src[i * lds + x0];
+    }
+  }
+#endif
+  for (int64_t i = i0; i < rows; ++i)
+    for (int64_t x = 0; x < cols; ++x) dst[x * ldd + i] = src[i * lds + x];
+}
 
 // T = (I + A)^{-1} for strictly lower A [c, c] (row stride ld >= round_up(c, lanes)) by forward
 // substitution: row i of (I + A) T = I gives T_i = e_i - sum_{j<i} A_ij T_j. T_j is zero past
@@ -220,21 +303,26 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
         std::vector<T> S(K * Vp, T(0));  // [K, Vp] state
         std::vector<T> LQ(2 * C *
                           K);  // [2C, K] rows 0..c: k (KDA: k e^(Gc-ref)), C..C+c: scale q (..)
-        std::vector<T> KT(K * Cp, T(0));  // [K, Cp] k^T (KDA: (k e^(ref-Gc))^T)
-        std::vector<T> Qd(G == DeltaRuleGate::kNone ? 0 : C * K);  // [C, K] scale q e^Gc
+        std::vector<T> KT(K * Cp, T(0));       // [K, Cp] k^T (KDA: (k e^(ref-Gc))^T)
+        std::vector<T> Kf(kChan ? C * K : 0);  // [C, K] KDA: k e^(ref-Gc), transposed to KT
+        std::vector<T> Qd(kChan ? C * K : 0);  // [C, K] KDA: scale q e^Gc (per channel)
         std::vector<T> Kr(G == DeltaRuleGate::kNone ? 0 : C * K);  // [C, K] k e^(Gc_last-Gc)
-        std::vector<T> BKV(C * KVp, T(0));      // [C, Kp + Vp] -beta k e^Gc | beta v
-        std::vector<T> WU(C * KVp, T(0));       // [C, Kp + Vp] -W | U
-        std::vector<T> AP(2 * C * Cp);          // [2C, Cp] rows 0..c: A, C..C+c: P
-        std::vector<T> Tm(C * Cp, T(0));        // [C, Cp] (I + A)^{-1}
-        std::vector<T> Ob(C * 2 * L);           // [C, 2L] output tile past V's last whole vector
-        std::vector<T> Gr(C * GK), Gc(C * GK);  // [C] or [C, K] log-gates, chunk-local cumsum
+        std::vector<T> BKV(C * KVp, T(0));  // [C, Kp + Vp] -beta k e^Gc | beta v
+        std::vector<T> U(C * Vp, T(0));     // [C, Vp] the chunk's u rows
+        std::vector<T> Yb(C * 2 * L);       // [C, 2L] beta v - beta k e^Gc S (one block)
+        std::vector<T> AP(2 * C * Cp);      // [2C, Cp] rows 0..c: A, C..C+c: P
+        std::vector<T> Tm(C * Cp, T(0));    // [C, Cp] (I + A)^{-1}
+        std::vector<T> Ob(C * 2 * L);       // [C, 2L] output tile past V's last whole vector
+        // [C] or [C, K] log-gates and their chunk-local cumsum (scalar Gc padded to Cp).
+        std::vector<T> Gr(C * GK), Gc(std::max(C * GK, Cp), T(0));
+        std::vector<T> eg(Cp), er(Cp);  // scalar gate: e^Gc_i, e^(Gc_last - Gc_i)
         std::vector<T> bt(C), e1(std::max(K, C)), e2(K), ref(K), mn(K), mx(K), dec(K);
         if (!initial_state.empty())
           copy_state(initial_state.ptr(n, hv), initial_state.stride(2), S.data(), Vp, K, V);
-        const T* Qdp = G == DeltaRuleGate::kNone ? LQ.data() + C * K : Qd.data();
+        // Query side of Q S: KDA's Qd, else scale q (GDN's e^Gc_i is a row scale of Q S).
+        const T* Qdp = kChan ? Qd.data() : LQ.data() + C * K;
+        const T* o_rs = G == DeltaRuleGate::kScalar ? eg.data() : nullptr;
         const T* Krp = G == DeltaRuleGate::kNone ? LQ.data() : Kr.data();
-        T sink = T(0);  // sum of the touched inputs (kept so the loads happen)
 
         const int64_t t_begin = pr.begin(n), t_end = pr.end(n);
         int64_t t0 = t_begin;
@@ -248,6 +336,10 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
           if constexpr (G == DeltaRuleGate::kScalar) {
             for (int64_t i = 0; i < c; ++i) Gr[i] = rd.gate(b, t0 + i, hv);
             chunk_local_cumsum(Gr.data(), c, int64_t(1), c, Gc.data());
+            std::fill(Gc.begin() + c, Gc.begin() + Cp, Gc[c - 1]);  // pads: finite, masked later
+            for (int64_t i = 0; i < c; ++i) er[i] = Gc[c - 1] - Gc[i];
+            simd::exp(Gc.data(), eg.data(), c);
+            simd::exp(er.data(), er.data(), c);
           }
           if constexpr (kChan) {
             for (int64_t i = 0; i < c; ++i) rd.gate_row(b, t0 + i, hv, Gr.data() + i * K);
@@ -288,11 +380,9 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
               for (int64_t x = 0; x < K; ++x) bkv[x] = -bi * lk[x];  // -beta k
             }
             if constexpr (G == DeltaRuleGate::kScalar) {
-              const T ei = std::exp(Gc[i]), ri = std::exp(g_last[0] - Gc[i]), nb = -bi * ei;
-              T* qd = Qd.data() + i * K;
+              const T ri = er[i], nb = -bi * eg[i];
               T* kr = Kr.data() + i * K;
               for (int64_t x = 0; x < K; ++x) {
-                qd[x] = ei * lq[x];   // scale q e^Gc
                 kr[x] = ri * lk[x];   // k e^(Gc_last - Gc)
                 bkv[x] = nb * lk[x];  // -beta k e^Gc
               }
@@ -313,15 +403,16 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
               // e1 = exp(Gc_i - ref) in [exp(-safe/2), exp(safe/2)]
               for (int64_t x = 0; x < K; ++x) e1[x] = gi[x] - ref[x];
               simd::exp(e1.data(), e1.data(), K);
+              T* kf = Kf.data() + i * K;
               for (int64_t x = 0; x < K; ++x) {
-                KT[x * Cp + i] = lk[x] / e1[x];
+                kf[x] = lk[x] / e1[x];
                 lk[x] *= e1[x];
                 lq[x] *= e1[x];
               }
-            } else {
-              for (int64_t x = 0; x < K; ++x) KT[x * Cp + i] = lk[x];
             }
           }
+          // KT = Kf^T: the key rows of A' and P' (k itself without per-channel decay)
+          transpose_rows(kChan ? Kf.data() : LQ.data(), K, c, K, KT.data(), Cp);
 
           // [A'; P'] = [Kl; Ql] Kf^T, lower triangles only: rows [m0, m0 + mr) need the
           // columns below m0 + mr.
@@ -333,37 +424,37 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
           tile_product(c, cc, Tile<T>{LQ.data(), K, 1, KT.data(), Cp, A, Cp}, full_k, lower);
           tile_product(c, cc, Tile<T>{LQ.data() + C * K, K, 1, KT.data(), Cp, P, Cp}, full_k,
                        lower);
-          // Masks: A = diag(beta) strict_lower(A' (.) decay), P = lower(P' (.) decay).
+          // Masks: A = diag(beta) strict_lower(A' (.) decay), P = lower(P' (.) decay), over
+          // the whole vectors A' and P' hold for row i (the columns past i are zeroed after).
           for (int64_t i = 0; i < c; ++i) {
             T* ai = A + i * Cp;
             T* pi = P + i * Cp;
+            const int64_t wi = round_up(i + 1, L);
             if constexpr (G == DeltaRuleGate::kScalar) {
-              // decay row e1[j] = exp(Gc_i - Gc_j), shared by A and P
-              for (int64_t j = 0; j <= i; ++j) e1[j] = Gc[i] - Gc[j];
-              simd::exp(e1.data(), e1.data(), i + 1);
-              simd::mul(pi, e1.data(), pi, i + 1);
-              simd::scale(bt[i], e1.data(), i);
-              simd::mul(ai, e1.data(), ai, i);
+              using VT = Lanes<T>;
+              const VT gi(Gc[i]), bi(bt[i]), zero(T(0));
+              for (int64_t x0 = 0; x0 < wi; x0 += L) {
+                // d_j = exp(min(Gc_i - Gc_j, 0)) (j > i: exponent clamped, masked below)
+                const VT d = lanes_exp<T>(lanes_min<T>(gi - lanes_load(Gc.data() + x0), zero));
+                lanes_store(pi + x0, lanes_load(pi + x0) * d);
+                lanes_store(ai + x0, lanes_load(ai + x0) * (bi * d));
+              }
             } else {
               simd::scale(bt[i], ai, i);
             }
-            std::fill(ai + i, ai + c, T(0));
-            std::fill(pi + i + 1, pi + c, T(0));
+            std::fill(ai + i, ai + std::max(c, wi), T(0));
+            std::fill(pi + i + 1, pi + std::max(c, wi), T(0));
           }
 
-          // WY / UT: T = (I + A)^{-1};  [-W | U0] = T [-beta k e^Gc | beta v]  (T lower:
-          // rows [m0, m0 + mr) stop at column m0 + mr).
+          // WY / UT: T = (I + A)^{-1}; U = T (beta v - beta k e^Gc S) is formed in the state
+          // pass (T times the bracket, not W = T beta k e^Gc then W S: saves the c^2 K product).
           unit_lower_inverse(A, Tm.data(), Cp, c);
           auto tri = [c](int64_t m0, int mr) { return std::min<int64_t>(c, m0 + mr); };
-          auto all_cols = [KVp](int64_t, int) { return KVp; };
-          tile_product(c, KVp, Tile<T>{Tm.data(), Cp, 1, BKV.data(), KVp, WU.data(), KVp}, tri,
-                       all_cols);
-          const T* Wn = WU.data();
-          T* U = WU.data() + Kp;
 
           // State pass, one column block of S at a time (the block stays in L1):
-          //   U  = U0 - W S                  O = Qd S + P U
-          //   S  = decay S + Kr^T U          (decay = e^(Gc_last), per row for KDA)
+          //   Y  = beta v - beta k e^Gc S    U = T Y  (T lower: row tiles stop at the diagonal)
+          //   O  = Qd S + P U                S = decay S + Kr^T U  (decay e^(Gc_last), per row
+          //                                  for KDA)
           T* out = o.ptr(b, t0, hv);
           const int64_t ldo = o.stride(1);
           T dec_s = T(1);
@@ -376,25 +467,29 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
           for (int64_t j0 = 0; j0 < Vp; j0 += 2 * L) {
             const int64_t w = std::min(2 * L, Vp - j0);
             T* Sb = S.data() + j0;
-            T* Ub = U + j0;
+            T* Ub = U.data() + j0;
             const bool direct = j0 + w <= V;  // whole vectors of o: write in place
             T* Obk = direct ? out + j0 : Ob.data();
             const int64_t ldob = direct ? ldo : 2 * L;
             auto cols = [w](int64_t, int) { return w; };
-            // The next chunk's input rows are loaded (touched) a quarter at a time while
-            // this block computes, so the gather finds them in cache.
+            // The next chunk's input rows are prefetched into L2, 1/nb of them per block,
+            // while this block computes, so the gather finds them in cache.
             const int64_t nb = (Vp + 2 * L - 1) / (2 * L), blk = j0 / (2 * L);
             const int64_t lo = t0 + c + C * blk / nb;
             const int64_t hi = std::min(t0 + c + C * (blk + 1) / nb, t_end);
-            for (int64_t t = lo; t < hi; ++t) sink += rd.touch(b, t, hv);
-            // U = U0 + (-W) S
-            tile_product(c, w, Tile<T>{Wn, KVp, 1, Sb, Vp, Ub, KVp, Ub, KVp}, full_k, cols);
-            // O = Qd S, then O += P U
+            for (int64_t t = lo; t < hi; ++t) rd.prefetch_l2(b, t, hv);
+            // Y = beta v + (-beta k e^Gc) S, then U = T Y
+            tile_product(
+                c, w,
+                Tile<T>{BKV.data(), KVp, 1, Sb, Vp, Yb.data(), 2 * L, BKV.data() + Kp + j0, KVp},
+                full_k, cols);
+            tile_product(c, w, Tile<T>{Tm.data(), Cp, 1, Yb.data(), 2 * L, Ub, Vp}, tri, cols);
+            // O = Qd S, then O = P U + O  (GDN: O = Q S, then O = P U + diag(e^Gc) O)
             tile_product(c, w, Tile<T>{Qdp, K, 1, Sb, Vp, Obk, ldob}, full_k, cols);
-            tile_product(c, w, Tile<T>{P, Cp, 1, Ub, KVp, Obk, ldob, Obk, ldob}, tri, cols);
+            tile_product(c, w, Tile<T>{P, Cp, 1, Ub, Vp, Obk, ldob, Obk, ldob, o_rs}, tri, cols);
             // S = decay S + Kr^T U
             auto chunk_len = [c](int64_t, int) { return c; };
-            tile_product(K, w, Tile<T>{Krp, 1, K, Ub, KVp, Sb, Vp, Sb, Vp, dec_rows, dec_s},
+            tile_product(K, w, Tile<T>{Krp, 1, K, Ub, Vp, Sb, Vp, Sb, Vp, dec_rows, dec_s},
                          chunk_len, cols);
             if (!direct) {
               for (int64_t i = 0; i < c; ++i)
@@ -410,8 +505,6 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
                        p.snapshots.stride(3), K, V);
           }
         }
-        volatile T keep = sink;
-        (void)keep;
         if (!final_state.empty())
           copy_state(S.data(), Vp, final_state.ptr(n, hv), final_state.stride(2), K, V);
       },
