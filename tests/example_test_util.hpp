@@ -1,0 +1,50 @@
+// What the example-model tests share: seeded token ids, and a model's logits over a sequence fed
+// in pieces through one State (one piece = one forward call).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common/run.hpp"
+#include "effattn/core/tensor.hpp"
+
+namespace effattn::testing {
+
+Tensor<int32_t> token_ids(int64_t B, int64_t T, int64_t vocab, uint64_t seed) {
+  Tensor<int32_t> ids({B, T});
+  for (int64_t b = 0; b < B; ++b) {
+    const auto p = examples::random_prompt(T, vocab, seed + uint64_t(b));
+    std::copy(p.begin(), p.end(), ids.data() + b * T);
+  }
+  return ids;
+}
+
+// Logits of ids [B, T] fed in pieces of the given lengths (summing to T) through one State.
+template <class Model, class T>
+Tensor<T> run_pieces(const Model& m, const Tensor<int32_t>& ids, const std::vector<int64_t>& len) {
+  const int64_t B = ids.size(0), Tn = ids.size(1), V = m.vocab();
+  auto st = m.make_state(B, Tn);
+  Tensor<T> out({B, Tn, V});
+  int64_t t0 = 0;
+  for (int64_t n : len) {
+    Tensor<int32_t> piece({B, n});
+    piece.copy_from(ids.view().slice(1, t0, t0 + n));
+    Tensor<T> lg({B, n, V});
+    m.forward(piece, st, lg);
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(lg.data() + b * n * V, lg.data() + (b + 1) * n * V, out.data() + (b * Tn + t0) * V);
+    t0 += n;
+  }
+  EXPECT_EQ(t0, Tn);
+  return out;
+}
+
+template <class Model, class T>
+Tensor<T> run_once(const Model& m, const Tensor<int32_t>& ids) {
+  return run_pieces<Model, T>(m, ids, {ids.size(1)});
+}
+
+}  // namespace effattn::testing
