@@ -50,30 +50,6 @@ inline constexpr int64_t kDecodeMaxRows = 16;  // auto path: decode when Tq <= t
 // 4 rows x (L/4) keys accumulate in L registers along the head dim, and one transposing
 // reduction (xsimd::haddp: lane i = sum of register i) yields their L scores at once, instead
 // of one horizontal sum per score. Keys past the last whole block use simd::dot.
-#if EFFATTN_HAS_SIMD
-// lane_of[i]: the lane of xsimd::haddp's result that holds the sum of register i. It is i by
-// contract, but xsimd 8.1's AVX-512 float version returns lanes 2-5 and 10-13 swapped in pairs;
-// measured once, so the code is right with either behaviour.
-template <class T>
-inline const std::array<int, kL<T>>& haddp_lanes() {
-  static const std::array<int, kL<T>> lanes = [] {
-    std::array<int, kL<T>> m{};
-    VecT<T> rows[kL<T>];
-    alignas(64) T buf[kL<T>];
-    for (int64_t i = 0; i < kL<T>; ++i) {
-      for (int64_t l = 0; l < kL<T>; ++l) buf[l] = l == 0 ? T(i + 1) : T(0);
-      rows[i] = VecT<T>::load_aligned(buf);
-    }
-    xsimd::haddp(rows).store_aligned(buf);
-    for (int64_t lane = 0; lane < kL<T>; ++lane) {
-      const int64_t i = static_cast<int64_t>(buf[lane]) - 1;
-      m[static_cast<std::size_t>(i >= 0 && i < kL<T> ? i : lane)] = static_cast<int>(lane);
-    }
-    return m;
-  }();
-  return lanes;
-}
-#endif
 
 // Software prefetch of n bytes with a locality hint (0: prefetcht0, 1: t1, 2: t2, 3: nta).
 template <int Hint>
@@ -129,7 +105,7 @@ inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St,
   if constexpr (L >= 4) {
     constexpr int64_t KB = L / 4;  // keys per block
     const int64_t kv = K / L * L;
-    const auto& lane_of = haddp_lanes<T>();
+    const int* lane_of = simd::haddp_lanes<T>();  // xsimd 8.1 permutes haddp's lanes
     for (; j + KB <= bk; j += KB) {
       hook(j);
       VecT<T> acc[L];
@@ -169,6 +145,21 @@ inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St,
 // (the rows of one head alone are Hkv * K apart, a new page each for long contexts).
 // Scores are kept key-major, St [BK, Rp] (Rp = R rounded up to the lanes), so the online
 // softmax runs across rows in SIMD lanes, and P.V is the micro-kernel of the prefill tile.
+// o[r, e] += sum_j A[r * ars + j * aks] V[j * vstep + e] for rows r < R, keys j < bk: the
+// prefill tile's micro-kernel over whole vectors of V, the V % L tail columns scalar.
+template <class T, class KV>
+inline void accumulate_pv(int64_t R, int64_t V, int64_t bk, const T* A, int64_t ars, int64_t aks,
+                          const KV* v, int64_t vstep, T* o) {
+  const int64_t nvec = V / kL<T>, tail0 = nvec * kL<T>;
+  if (nvec > 0) tile_gemm<T, KV>(R, nvec, bk, A, ars, aks, v, vstep, o, V, true, nullptr);
+  for (int64_t r = 0; r < R && tail0 < V; ++r)
+    for (int64_t j = 0; j < bk; ++j) {
+      const T p = A[r * ars + j * aks];
+      const KV* vj = v + j * vstep;
+      for (int64_t e = tail0; e < V; ++e) o[r * V + e] += p * to_t<T>(vj[e]);
+    }
+}
+
 template <class T, class KV>
 void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin, int64_t j_end,
                     T* pm, T* pl, T* po, std::vector<T>& buf) {
@@ -279,19 +270,12 @@ void decode_partial(const Problem<T, KV>& P, const Segment& sg, int64_t j_begin,
         if (alpha[r] != T(1)) simd::scale(alpha[r], po + r * V, V);
 
     // o[r, e] += sum_j St[j, r] V[j, hk(r), e]: the micro-kernel keeps a [4 rows x 4 vectors]
-    // block of o in registers across the key block; the V % L tail columns go scalar.
-    const int64_t nvec = V / L, tail0 = nvec * L;
+    // block of o in registers across the key block.
     for (int64_t hk = 0; hk < Hkv; ++hk) {
       const KV* v0 = vbase + hk * vhs;
       const T* A = St + hk * RG;
       T* o0 = po + hk * RG * V;
-      if (nvec > 0) tile_gemm<T, KV>(RG, nvec, bk, A, 1, Rp, v0, vstep, o0, V, true, nullptr);
-      for (int64_t r = 0; r < RG && tail0 < V; ++r)
-        for (int64_t j = 0; j < bk; ++j) {
-          const T p = A[j * Rp + r];
-          const KV* vj = v0 + j * vstep;
-          for (int64_t e = tail0; e < V; ++e) o0[r * V + e] += p * to_t<T>(vj[e]);
-        }
+      accumulate_pv<T, KV>(RG, V, bk, A, 1, Rp, v0, vstep, o0);
     }
   }
   for (int64_t r = 0; r < R; ++r) {
@@ -424,15 +408,8 @@ void decode_partial_head(const Problem<T, KV>& P, const Segment& sg, int64_t hk,
     for (int64_t r2 = 0; r2 < RG; ++r2)
       if (alpha[r2] != T(1)) simd::scale(alpha[r2], po + r2 * V, V);
 
-    // o[r, e] += sum_j St[r, j] V[j, e]; the V % L tail columns go scalar.
-    const int64_t nvec = V / L, tail0 = nvec * L;
-    if (nvec > 0) tile_gemm<T, KV>(RG, nvec, bk, St, BK, 1, vb, vstep, po, V, true, nullptr);
-    for (int64_t r2 = 0; r2 < RG && tail0 < V; ++r2)
-      for (int64_t j = 0; j < bk; ++j) {
-        const T p = St[r2 * BK + j];
-        const KV* vj = vb + j * vstep;
-        for (int64_t e = tail0; e < V; ++e) po[r2 * V + e] += p * to_t<T>(vj[e]);
-      }
+    // o[r, e] += sum_j St[r, j] V[j, e]
+    accumulate_pv<T, KV>(RG, V, bk, St, BK, 1, vb, vstep, po);
   }
   for (int64_t r = 0; r < RG; ++r) {
     pm[r] = m[r];
