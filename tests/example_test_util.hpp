@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "common/run.hpp"
+#include "effattn/core/bf16.hpp"
 #include "effattn/core/tensor.hpp"
+#include "layer_test_util.hpp"
 
 namespace effattn::testing {
 
@@ -45,6 +47,37 @@ Tensor<T> run_pieces(const Model& m, const Tensor<int32_t>& ids, const std::vect
 template <class Model, class T>
 Tensor<T> run_once(const Model& m, const Tensor<int32_t>& ids) {
   return run_pieces<Model, T>(m, ids, {ids.size(1)});
+}
+
+// save -> load reproduces the logits over `ids` bit for bit, with float and bf16 weights, with the
+// head tied to the embeddings or not: a model made from `tiny` follows the file (lm_head.weight
+// present or not). Model<T, S> takes a Config with tie_embeddings and has tied().
+template <template <class, class> class Model, class Config>
+void expect_save_load_bitwise(const Config& tiny, const Tensor<int32_t>& ids) {
+  using F = Model<float, float>;
+  using H = Model<float, bf16>;
+  for (bool tie : {true, false}) {
+    Config c = tiny;
+    c.tie_embeddings = tie;
+    F m(c);
+    m.init_random(5);
+    io::SafeTensorsWriter w;
+    m.save(w);
+    const io::SafeTensors st = reload(w);
+    EXPECT_EQ(st.contains("lm_head.weight"), !tie);
+    F m2(tiny);
+    m2.load(st);
+    EXPECT_EQ(m2.tied(), tie);
+    EXPECT_EQ(m2.weight_bytes(), m.weight_bytes());
+    EXPECT_TRUE(bitwise_equal(run_once<F, float>(m, ids), run_once<F, float>(m2, ids)));
+  }
+  H h(tiny);
+  h.init_random(5);
+  io::SafeTensorsWriter w;
+  h.save(w);
+  H h2(tiny);
+  h2.load(reload(w));
+  EXPECT_TRUE(bitwise_equal(run_once<H, float>(h, ids), run_once<H, float>(h2, ids)));
 }
 
 }  // namespace effattn::testing

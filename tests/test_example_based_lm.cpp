@@ -286,31 +286,7 @@ TEST(ExampleBasedLM, SavesTheReferenceNames) {
 }
 
 TEST(ExampleBasedLM, SaveLoadBitwise) {
-  const Tensor<int32_t> ids = token_ids(1, 12, 40, 9);
-  for (bool tie : {true, false}) {
-    BasedLMConfig c = tiny();
-    c.tie_embeddings = tie;
-    BasedLM<float> m(c);
-    m.init_random(5);
-    SafeTensorsWriter w;
-    m.save(w);
-    const SafeTensors st = reload(w);
-    EXPECT_EQ(st.contains("lm_head.weight"), !tie);
-    BasedLM<float> m2(tiny());
-    m2.load(st);
-    EXPECT_EQ(m2.tied(), tie);
-    EXPECT_EQ(m2.weight_bytes(), m.weight_bytes());
-    EXPECT_TRUE(bitwise_equal(run_once<BasedLM<float>, float>(m, ids),
-                              run_once<BasedLM<float>, float>(m2, ids)));
-  }
-  BasedLM<float, bf16> h(tiny());
-  h.init_random(5);
-  SafeTensorsWriter w;
-  h.save(w);
-  BasedLM<float, bf16> h2(tiny());
-  h2.load(reload(w));
-  EXPECT_TRUE(bitwise_equal(run_once<BasedLM<float, bf16>, float>(h, ids),
-                            run_once<BasedLM<float, bf16>, float>(h2, ids)));
+  testing::expect_save_load_bitwise<BasedLM>(tiny(), token_ids(1, 12, 40, 9));
 }
 
 // The other spellings load: fla's q_proj.. for the linear attention, q_proj.. / o_proj for the

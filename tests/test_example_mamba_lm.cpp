@@ -164,32 +164,7 @@ TEST(ExampleMambaLM, SavesHuggingFaceNames) {
 }
 
 TEST(ExampleMambaLM, SaveLoadBitwise) {
-  const Tensor<int32_t> ids = token_ids(1, 12, 40, 9);
-  for (bool tie : {true, false}) {
-    MambaLMConfig c = tiny();
-    c.tie_embeddings = tie;
-    MambaLM<float> m(c);
-    m.init_random(5);
-    SafeTensorsWriter w;
-    m.save(w);
-    const SafeTensors st = reload(w);
-    EXPECT_EQ(st.contains("lm_head.weight"), !tie);
-    MambaLM<float> m2(tiny());  // tied config: load follows the file
-    m2.load(st);
-    EXPECT_EQ(m2.tied(), tie);
-    EXPECT_EQ(m2.weight_bytes(), m.weight_bytes());
-    EXPECT_TRUE(bitwise_equal(run_once<MambaLM<float>, float>(m, ids),
-                              run_once<MambaLM<float>, float>(m2, ids)));
-  }
-  // bf16 weights round trip bit for bit too.
-  MambaLM<float, bf16> h(tiny());
-  h.init_random(5);
-  SafeTensorsWriter w;
-  h.save(w);
-  MambaLM<float, bf16> h2(tiny());
-  h2.load(reload(w));
-  EXPECT_TRUE(bitwise_equal(run_once<MambaLM<float, bf16>, float>(h, ids),
-                            run_once<MambaLM<float, bf16>, float>(h2, ids)));
+  testing::expect_save_load_bitwise<MambaLM>(tiny(), token_ids(1, 12, 40, 9));
 }
 
 // A checkpoint as transformers writes it (HF names, no lm_head.weight) loads with the head tied
