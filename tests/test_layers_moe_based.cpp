@@ -268,6 +268,20 @@ TEST(MoELayer, LoadErrorsNameTheTensor) {
   layers::MoE<float, float> m2(c);
   EXPECT_THAT(error_of([&] { m2.load(edited(st, "mlp.experts.3.down_proj.weight"), "mlp"); }),
               HasSubstr("tensor 'mlp.experts.3.down_proj.weight' not found"));
+  // A Mixtral-named file with w1 missing: the error names w1, not gate_proj.
+  {
+    auto cm = moe_config(0, false);
+    cm.mixtral_names = true;
+    const auto mm = make_moe<float, float>(cm, 52);
+    SafeTensorsWriter wm;
+    mm.save(wm, "mlp");
+    layers::MoE<float, float> mm2(cm);
+    EXPECT_THAT(error_of([&] {
+                  mm2.load(edited(reload(wm, "ckpt.safetensors"), "mlp.experts.2.w1.weight"),
+                           "mlp");
+                }),
+                HasSubstr("tensor 'mlp.experts.2.w1.weight' not found"));
+  }
   EXPECT_THAT(error_of([&] {
                 m2.load(edited(st, "", "mlp.gate.weight", {6, 13}), "mlp");
               }),
@@ -444,6 +458,11 @@ TEST(BasedLayer, SaveLoadRoundTripIsBitwise) {
   layers::LinearAttention<float, bf16> l3(based_config());
   l3.load(reload(wh, "ckpt.safetensors"), "mixer");
   EXPECT_TRUE(bitwise_equal(la(x), l3(x)));
+  // ...and a HazyResearch-named file without proj_q names proj_q, not q_proj.
+  EXPECT_THAT(error_of([&] {
+                l3.load(edited(reload(wh, "ckpt.safetensors"), "mixer.proj_q.weight"), "mixer");
+              }),
+              HasSubstr("tensor 'mixer.proj_q.weight' not found"));
   auto s1 = la.make_state(2), s2 = l2.make_state(2);
   EXPECT_TRUE(bitwise_equal(la(x, s1), l2(x, s2)));
   EXPECT_TRUE(bitwise_equal(s1.s, s2.s));

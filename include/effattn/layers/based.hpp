@@ -141,8 +141,8 @@ class LinearAttention {
   // fla's names, or HazyResearch based's proj_q / proj_k / proj_v / out_proj when the file has
   // those instead.
   void load(const io::SafeTensors& st, const std::string& prefix) {
-    const bool hazy =
-        !st.contains(join(prefix, "q_proj.weight")) && st.contains(join(prefix, "proj_q.weight"));
+    const bool hazy = !detail::has_any(st, prefix, {"q_proj", "k_proj", "v_proj", "o_proj"}) &&
+                      detail::has_any(st, prefix, {"proj_q", "proj_k", "proj_v", "out_proj"});
     q_proj.load(st, join(prefix, hazy ? "proj_q" : "q_proj"));
     k_proj.load(st, join(prefix, hazy ? "proj_k" : "k_proj"));
     v_proj.load(st, join(prefix, hazy ? "proj_v" : "v_proj"));

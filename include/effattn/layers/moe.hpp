@@ -147,7 +147,8 @@ class MoE {
     for (int64_t e = 0; e < num_experts(); ++e) {
       const std::string p = join(prefix, "experts." + std::to_string(e));
       Mlp<T, S>& m = experts[e];
-      if (!st.contains(join(p, "gate_proj.weight")) && st.contains(join(p, "w1.weight"))) {
+      if (!detail::has_any(st, p, {"gate_proj", "up_proj", "down_proj"}) &&
+          detail::has_any(st, p, {"w1", "w2", "w3"})) {
         m.gate_proj.load(st, join(p, "w1"));  // Mixtral: w1 gate, w3 up, w2 down
         m.up_proj.load(st, join(p, "w3"));
         m.down_proj.load(st, join(p, "w2"));

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -103,6 +104,16 @@ inline std::string names_under(const io::SafeTensors& st, const std::string& pre
     s += (n++ ? ", '" : "'") + name + "'";
   }
   return n ? s : "none";
+}
+
+// Whether any of `names` (each + ".weight") is in the file under `prefix`: picks a naming
+// convention by all of its tensors, so a file with one tensor missing is read in its own naming
+// and the error names the tensor that is missing.
+inline bool has_any(const io::SafeTensors& st, const std::string& prefix,
+                    std::initializer_list<const char*> names) {
+  for (const char* n : names)
+    if (st.contains(join(prefix, std::string(n) + ".weight"))) return true;
+  return false;
 }
 
 }  // namespace detail
