@@ -49,6 +49,32 @@ Tensor<T> run_once(const Model& m, const Tensor<int32_t>& ids) {
   return run_pieces<Model, T>(m, ids, {ids.size(1)});
 }
 
+// A model's logits `once` over ids [2, T] (one call) are also what it gives token by token, in each
+// of `splits` (piece lengths summing to T) with the State carried along, for a T = 1 prompt (the
+// first column), and for row 1 alone (batch rows are independent sequences). Double models.
+template <class Model>
+void expect_state_continues(const Model& m, const Tensor<int32_t>& ids, const Tensor<double>& once,
+                            const std::vector<std::vector<int64_t>>& splits) {
+  const int64_t Tn = ids.size(1), V = m.vocab();
+  ASSERT_EQ(ids.size(0), 2);
+  EXPECT_LT(max_abs_diff(run_pieces<Model, double>(m, ids, std::vector<int64_t>(Tn, 1)), once),
+            1e-10);
+  for (const auto& len : splits)
+    EXPECT_LT(max_abs_diff(run_pieces<Model, double>(m, ids, len), once), 1e-10) << len.size();
+
+  Tensor<int32_t> first({2, 1});
+  first.copy_from(ids.view().slice(1, 0, 1));
+  const Tensor<double> one = run_once<Model, double>(m, first);
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t v = 0; v < V; ++v) EXPECT_NEAR(one(b, 0, v), once(b, 0, v), 1e-12);
+
+  Tensor<int32_t> row1({1, Tn});
+  row1.copy_from(ids.view().slice(0, 1, 2));
+  const Tensor<double> alone = run_once<Model, double>(m, row1);
+  for (int64_t t = 0; t < Tn; ++t)
+    for (int64_t v = 0; v < V; ++v) EXPECT_NEAR(alone(0, t, v), once(1, t, v), 1e-12);
+}
+
 // save -> load reproduces the logits over `ids` bit for bit, with float and bf16 weights, with the
 // head tied to the embeddings or not: a model made from `tiny` follows the file (lm_head.weight
 // present or not). Model<T, S> takes a Config with tie_embeddings and has tied().

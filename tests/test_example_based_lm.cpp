@@ -31,6 +31,7 @@ using io::SafeTensorsWriter;
 using testing::as_double;
 using testing::bitwise_equal;
 using testing::error_of;
+using testing::expect_state_continues;
 using ::testing::HasSubstr;
 using testing::max_abs;
 using testing::max_abs_diff;
@@ -166,23 +167,7 @@ TEST(ExampleBasedLM, StateMatchesStatelessReferenceDouble) {
   const Tensor<double> once = run_once<BasedLM<double>, double>(m, ids);
   ASSERT_GT(max_abs(once), 0.1);
   EXPECT_LT(max_abs_diff(once, reference(m, ids)), 1e-10);
-  const std::vector<int64_t> ones(23, 1);
-  EXPECT_LT(max_abs_diff(run_pieces<BasedLM<double>, double>(m, ids, ones), once), 1e-10);
-  EXPECT_LT(max_abs_diff(run_pieces<BasedLM<double>, double>(m, ids, {5, 1, 9, 8}), once), 1e-10);
-  EXPECT_LT(max_abs_diff(run_pieces<BasedLM<double>, double>(m, ids, {1, 22}), once), 1e-10);
-  EXPECT_LT(max_abs_diff(run_pieces<BasedLM<double>, double>(m, ids, {12, 11}), once), 1e-10);
-
-  Tensor<int32_t> first({2, 1});
-  first.copy_from(ids.view().slice(1, 0, 1));
-  const Tensor<double> one = run_once<BasedLM<double>, double>(m, first);
-  for (int64_t b = 0; b < 2; ++b)
-    for (int64_t v = 0; v < m.vocab(); ++v) EXPECT_NEAR(one(b, 0, v), once(b, 0, v), 1e-12);
-
-  Tensor<int32_t> row1({1, 23});
-  row1.copy_from(ids.view().slice(0, 1, 2));
-  const Tensor<double> alone = run_once<BasedLM<double>, double>(m, row1);
-  for (int64_t t = 0; t < 23; ++t)
-    for (int64_t v = 0; v < m.vocab(); ++v) EXPECT_NEAR(alone(0, t, v), once(1, t, v), 1e-12);
+  expect_state_continues(m, ids, once, {{5, 1, 9, 8}, {1, 22}, {12, 11}});
 }
 
 // The window attention alone: its ring of 5 slots after a 40-token prompt in one call, then

@@ -27,6 +27,7 @@ using io::SafeTensors;
 using io::SafeTensorsWriter;
 using testing::bitwise_equal;
 using testing::error_of;
+using testing::expect_state_continues;
 using ::testing::HasSubstr;
 using testing::max_abs;
 using testing::max_abs_diff;
@@ -73,24 +74,7 @@ TEST(ExampleMambaLM, StateContinuesDouble) {
   const Tensor<int32_t> ids = token_ids(2, 21, m.vocab(), 3);
   const Tensor<double> ref = run_once<MambaLM<double>, double>(m, ids);
   ASSERT_GT(max_abs(ref), 0.1);
-  const std::vector<int64_t> ones(21, 1);
-  EXPECT_LT(max_abs_diff(run_pieces<MambaLM<double>, double>(m, ids, ones), ref), 1e-10);
-  EXPECT_LT(max_abs_diff(run_pieces<MambaLM<double>, double>(m, ids, {5, 1, 9, 6}), ref), 1e-10);
-  EXPECT_LT(max_abs_diff(run_pieces<MambaLM<double>, double>(m, ids, {1, 20}), ref), 1e-10);
-
-  // A T = 1 prompt from a fresh state is the first row of the long one.
-  Tensor<int32_t> first({2, 1});
-  first.copy_from(ids.view().slice(1, 0, 1));
-  const Tensor<double> one = run_once<MambaLM<double>, double>(m, first);
-  for (int64_t b = 0; b < 2; ++b)
-    for (int64_t v = 0; v < m.vocab(); ++v) EXPECT_NEAR(one(b, 0, v), ref(b, 0, v), 1e-12);
-
-  // Batch rows are independent sequences.
-  Tensor<int32_t> row1({1, 21});
-  row1.copy_from(ids.view().slice(0, 1, 2));
-  const Tensor<double> alone = run_once<MambaLM<double>, double>(m, row1);
-  for (int64_t t = 0; t < 21; ++t)
-    for (int64_t v = 0; v < m.vocab(); ++v) EXPECT_NEAR(alone(0, t, v), ref(1, t, v), 1e-12);
+  expect_state_continues(m, ids, ref, {{5, 1, 9, 6}, {1, 20}});
 }
 
 // float: the same within float round-off of logits of size ~10.
