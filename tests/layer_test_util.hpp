@@ -11,6 +11,7 @@
 #include "effattn/core/error.hpp"
 #include "effattn/core/tensor.hpp"
 #include "effattn/io/safetensors.hpp"
+#include "effattn/layers/linear.hpp"
 #include "effattn/layers/weights.hpp"
 #include "test_util.hpp"
 
@@ -28,6 +29,27 @@ Tensor<double> as_double(const layers::Param<S>& p) {
     }
   }
   return d;
+}
+
+// y [..., out] = x [..., in] W^T + b in double loops: W [out, in], b [out] or empty, x contiguous.
+inline Tensor<double> ref_linear(const Tensor<double>& x, const Tensor<double>& W,
+                                 const Tensor<double>& b = Tensor<double>()) {
+  const int64_t in = W.size(1), out = W.size(0), M = x.numel() / in;
+  EXPECT_EQ(x.size(x.ndim() - 1), in);
+  Shape s = x.shape();
+  s[s.ndim() - 1] = out;
+  Tensor<double> y(s);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t o = 0; o < out; ++o) {
+      double acc = b.empty() ? 0.0 : b.data()[o];
+      for (int64_t i = 0; i < in; ++i) acc += x.data()[m * in + i] * W(o, i);
+      y.data()[m * out + o] = acc;
+    }
+  return y;
+}
+template <class T, class S>
+Tensor<double> ref_linear(const Tensor<double>& x, const layers::Linear<T, S>& l) {
+  return ref_linear(x, as_double(l.weight), l.has_bias() ? as_double(l.bias) : Tensor<double>());
 }
 
 template <class T>

@@ -33,23 +33,10 @@ using testing::error_of;
 using ::testing::HasSubstr;
 using testing::max_abs_diff;
 using testing::random_tensor;
+using testing::ref_linear;
 using testing::reload;
 
 // ------------------------------------------------------------------ references (double)
-
-// x [N, in], W [out, in], b [out] or empty -> [N, out]
-Tensor<double> ref_linear(const Tensor<double>& x, const Tensor<double>& W,
-                          const Tensor<double>& b) {
-  const int64_t N = x.size(0), in = x.size(1), out = W.size(0);
-  Tensor<double> y({N, out});
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t o = 0; o < out; ++o) {
-      double s = b.empty() ? 0.0 : b(o);
-      for (int64_t c = 0; c < in; ++c) s += x(n, c) * W(o, c);
-      y(n, o) = s;
-    }
-  return y;
-}
 
 double silu_d(double v) { return v / (1.0 + std::exp(-v)); }
 double sigmoid_d(double v) { return 1.0 / (1.0 + std::exp(-v)); }

@@ -23,32 +23,12 @@ using effattn::testing::expect_errors_name_tensors;
 using effattn::testing::max_abs;
 using effattn::testing::max_abs_diff;
 using effattn::testing::random_tensor;
+using effattn::testing::ref_linear;
 using effattn::testing::saved;
 
 namespace {
 
 // ---- the reference: plain loops in double ----------------------------------------------------
-
-// y [..., out] = x [..., in] W^T + b  (x contiguous)
-template <class S, class B>
-Tensor<double> lin(const Tensor<double>& x, const Param<S>& w, const Param<B>& b) {
-  const Tensor<double> W = as_double(w);
-  const int64_t in = W.size(1), out = W.size(0), M = x.numel() / in;
-  Shape s = x.shape();
-  s[s.ndim() - 1] = out;
-  Tensor<double> y(s);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t o = 0; o < out; ++o) {
-      double acc = b.enabled() ? double(b.data()[o]) : 0.0;
-      for (int64_t i = 0; i < in; ++i) acc += x.data()[m * in + i] * W(o, i);
-      y.data()[m * out + o] = acc;
-    }
-  return y;
-}
-template <class T, class S>
-Tensor<double> lin(const Tensor<double>& x, const Linear<T, S>& l) {
-  return lin(x, l.weight, l.bias);
-}
 
 // x[0..n) <- x / sqrt(mean(x^2) + eps) * w
 void rms(double* x, int64_t n, const Tensor<double>& w, double eps) {
@@ -74,7 +54,8 @@ Tensor<double> attention_ref(const Attention<T, S, KV>& L, const Tensor<double>&
   const AttentionConfig& c = L.config;
   const int64_t B = x.size(0), Tn = x.size(1), Hq = c.num_heads, Hkv = c.num_kv_heads,
                 D = c.head_dim;
-  Tensor<double> q = lin(x, L.q_proj), k = lin(x, L.k_proj), v = lin(x, L.v_proj);
+  Tensor<double> q = ref_linear(x, L.q_proj), k = ref_linear(x, L.k_proj),
+                 v = ref_linear(x, L.v_proj);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < Tn; ++t) {
       for (int64_t h = 0; h < Hq; ++h) {
@@ -102,7 +83,7 @@ Tensor<double> attention_ref(const Attention<T, S, KV>& L, const Tensor<double>&
   Tensor<double> o({B, Tn, Hq, D});
   attention_naive<double>(q.view().reshape({B, Tn, Hq, D}), k.view().reshape({B, Tn, Hkv, D}),
                           v.view().reshape({B, Tn, Hkv, D}), o, p);
-  return lin(Tensor<double>::from(o.view().reshape({B, Tn, Hq * D})), L.o_proj);
+  return ref_linear(Tensor<double>::from(o.view().reshape({B, Tn, Hq * D})), L.o_proj);
 }
 
 template <class T, class S, class KV>
@@ -111,7 +92,8 @@ Tensor<double> cross_ref(const Attention<T, S, KV>& L, const Tensor<double>& x,
   const AttentionConfig& c = L.config;
   const int64_t B = x.size(0), Tq = x.size(1), Tk = ctx.size(1), Hq = c.num_heads,
                 Hkv = c.num_kv_heads, D = c.head_dim;
-  Tensor<double> q = lin(x, L.q_proj), k = lin(ctx, L.k_proj), v = lin(ctx, L.v_proj);
+  Tensor<double> q = ref_linear(x, L.q_proj), k = ref_linear(ctx, L.k_proj),
+                 v = ref_linear(ctx, L.v_proj);
   if (c.qk_norm) {
     for (int64_t i = 0; i < B * Tq * Hq; ++i)
       rms(q.data() + i * D, D, as_double(L.q_norm.weight), c.norm_eps);
@@ -121,7 +103,7 @@ Tensor<double> cross_ref(const Attention<T, S, KV>& L, const Tensor<double>& x,
   Tensor<double> o({B, Tq, Hq, D});
   attention_naive<double>(q.view().reshape({B, Tq, Hq, D}), k.view().reshape({B, Tk, Hkv, D}),
                           v.view().reshape({B, Tk, Hkv, D}), o, AttentionParams{});
-  return lin(Tensor<double>::from(o.view().reshape({B, Tq, Hq * D})), L.o_proj);
+  return ref_linear(Tensor<double>::from(o.view().reshape({B, Tq, Hq * D})), L.o_proj);
 }
 
 template <class T, class S, class KV>
@@ -131,15 +113,15 @@ Tensor<double> mla_ref(const MultiHeadLatentAttention<T, S, KV>& L, const Tensor
                 R = c.qk_rope_head_dim, V = c.v_head_dim, r = c.kv_lora_rank, QK = N + R;
   Tensor<double> q;
   if (c.q_lora_rank > 0) {
-    Tensor<double> qa = lin(x, L.q_a_proj);
+    Tensor<double> qa = ref_linear(x, L.q_a_proj);
     for (int64_t m = 0; m < B * Tn; ++m)
       rms(qa.data() + m * c.q_lora_rank, c.q_lora_rank, as_double(L.q_a_layernorm.weight),
           c.rms_eps);
-    q = lin(qa, L.q_b_proj);
+    q = ref_linear(qa, L.q_b_proj);
   } else {
-    q = lin(x, L.q_proj);
+    q = ref_linear(x, L.q_proj);
   }
-  Tensor<double> ckv = lin(x, L.kv_a_proj_with_mqa);  // [B, T, r + R]
+  Tensor<double> ckv = ref_linear(x, L.kv_a_proj_with_mqa);  // [B, T, r + R]
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < Tn; ++t) {
       double* row = ckv.data() + (b * Tn + t) * (r + R);
@@ -152,7 +134,7 @@ Tensor<double> mla_ref(const MultiHeadLatentAttention<T, S, KV>& L, const Tensor
   Tensor<double> lat({B, Tn, r});
   for (int64_t m = 0; m < B * Tn; ++m)
     for (int64_t i = 0; i < r; ++i) lat.data()[m * r + i] = ckv.data()[m * (r + R) + i];
-  const Tensor<double> kvb = lin(lat, L.kv_b_proj);  // [B, T, H (N + V)]
+  const Tensor<double> kvb = ref_linear(lat, L.kv_b_proj);  // [B, T, H (N + V)]
   Tensor<double> k({B, Tn, H, QK}), v({B, Tn, H, V});
   for (int64_t m = 0; m < B * Tn; ++m)
     for (int64_t h = 0; h < H; ++h) {
@@ -168,7 +150,7 @@ Tensor<double> mla_ref(const MultiHeadLatentAttention<T, S, KV>& L, const Tensor
   p.scale = 1.0 / std::sqrt(double(QK));
   Tensor<double> o({B, Tn, H, V});
   attention_naive<double>(q.view().reshape({B, Tn, H, QK}), k, v, o, p);
-  return lin(Tensor<double>::from(o.view().reshape({B, Tn, H * V})), L.o_proj);
+  return ref_linear(Tensor<double>::from(o.view().reshape({B, Tn, H * V})), L.o_proj);
 }
 
 // ---- helpers -----------------------------------------------------------------------------------

@@ -21,28 +21,12 @@ using effattn::testing::expect_errors_name_tensors;
 using effattn::testing::max_abs;
 using effattn::testing::max_abs_diff;
 using effattn::testing::random_tensor;
+using effattn::testing::ref_linear;
 using effattn::testing::saved;
 
 namespace {
 
 // ---- the reference: plain loops in double ----------------------------------------------------
-
-// y [..., out] = x [..., in] W^T + b  (x contiguous)
-template <class T, class S>
-Tensor<double> lin(const Tensor<double>& x, const Linear<T, S>& l) {
-  const Tensor<double> W = as_double(l.weight);
-  const int64_t in = W.size(1), out = W.size(0), M = x.numel() / in;
-  Shape s = x.shape();
-  s[s.ndim() - 1] = out;
-  Tensor<double> y(s);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t o = 0; o < out; ++o) {
-      double acc = l.bias.enabled() ? double(l.bias.data()[o]) : 0.0;
-      for (int64_t i = 0; i < in; ++i) acc += x.data()[m * in + i] * W(o, i);
-      y.data()[m * out + o] = acc;
-    }
-  return y;
-}
 
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 double softplus(double x) { return x > 30 ? x : std::log1p(std::exp(x)); }
@@ -100,9 +84,9 @@ Qkv qkv_ref(const Layer& L, const Tensor<double>& x) {
   const int64_t B = x.size(0), Tn = x.size(1), H = L.num_heads(), HV = L.num_v_heads(),
                 K = L.head_dim(), V = L.head_v_dim();
   Qkv r;
-  r.q = conv_silu(lin(x, L.q_proj), L.q_conv1d);
-  r.k = conv_silu(lin(x, L.k_proj), L.k_conv1d);
-  r.v = conv_silu(lin(x, L.v_proj), L.v_conv1d);
+  r.q = conv_silu(ref_linear(x, L.q_proj), L.q_conv1d);
+  r.k = conv_silu(ref_linear(x, L.k_proj), L.k_conv1d);
+  r.v = conv_silu(ref_linear(x, L.v_proj), L.v_conv1d);
   l2norm_rows(r.q, K);
   l2norm_rows(r.k, K);
   r.q = Tensor<double>::from(r.q.view().reshape({B, Tn, H, K}));
@@ -116,7 +100,7 @@ Tensor<double> gdn_ref(const GatedDeltaNet<T, S>& L, const Tensor<double>& x) {
   const auto& c = L.config;
   const int64_t B = x.size(0), Tn = x.size(1), HV = L.num_v_heads(), V = L.head_v_dim();
   const Qkv r = qkv_ref(L, x);
-  const Tensor<double> a = lin(x, L.a_proj), bl = lin(x, L.b_proj);
+  const Tensor<double> a = ref_linear(x, L.a_proj), bl = ref_linear(x, L.b_proj);
   const Tensor<double> A_log = as_double(L.A_log), dt = as_double(L.dt_bias);
   Tensor<double> g({B, Tn, HV}), beta({B, Tn, HV});
   for (int64_t b = 0; b < B; ++b)
@@ -127,8 +111,8 @@ Tensor<double> gdn_ref(const GatedDeltaNet<T, S>& L, const Tensor<double>& x) {
       }
   Tensor<double> o({B, Tn, HV, V});
   delta_rule_naive<double>(r.q, r.k, r.v, beta, g, o);
-  gated_norm(o, lin(x, L.g_proj), as_double(L.o_norm.weight), c.norm_eps, false);
-  return lin(Tensor<double>::from(o.view().reshape({B, Tn, HV * V})), L.o_proj);
+  gated_norm(o, ref_linear(x, L.g_proj), as_double(L.o_norm.weight), c.norm_eps, false);
+  return ref_linear(Tensor<double>::from(o.view().reshape({B, Tn, HV * V})), L.o_proj);
 }
 
 template <class T, class S>
@@ -137,7 +121,8 @@ Tensor<double> kda_ref(const KimiDeltaAttention<T, S>& L, const Tensor<double>& 
   const int64_t B = x.size(0), Tn = x.size(1), H = L.num_heads(), HV = L.num_v_heads(),
                 K = L.head_dim(), V = L.head_v_dim(), G = HV / H;
   const Qkv r = qkv_ref(L, x);
-  const Tensor<double> f = lin(lin(x, L.f_a_proj), L.f_b_proj), bl = lin(x, L.b_proj);
+  const Tensor<double> f = ref_linear(ref_linear(x, L.f_a_proj), L.f_b_proj),
+                       bl = ref_linear(x, L.b_proj);
   const Tensor<double> A_log = as_double(L.A_log), dt = as_double(L.dt_bias);
   Tensor<double> g({B, Tn, HV, K}), beta({B, Tn, HV});
   for (int64_t b = 0; b < B; ++b)
@@ -150,8 +135,9 @@ Tensor<double> kda_ref(const KimiDeltaAttention<T, S>& L, const Tensor<double>& 
       }
   Tensor<double> o({B, Tn, HV, V});
   delta_rule_naive<double>(r.q, r.k, r.v, beta, g, o);
-  gated_norm(o, lin(lin(x, L.g_a_proj), L.g_b_proj), as_double(L.o_norm.weight), c.norm_eps, true);
-  return lin(Tensor<double>::from(o.view().reshape({B, Tn, HV * V})), L.o_proj);
+  gated_norm(o, ref_linear(ref_linear(x, L.g_a_proj), L.g_b_proj), as_double(L.o_norm.weight),
+             c.norm_eps, true);
+  return ref_linear(Tensor<double>::from(o.view().reshape({B, Tn, HV * V})), L.o_proj);
 }
 
 // ---- helpers -----------------------------------------------------------------------------------

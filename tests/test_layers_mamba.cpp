@@ -36,6 +36,7 @@ using ::testing::HasSubstr;
 using testing::max_abs;
 using testing::max_abs_diff;
 using testing::random_tensor;
+using testing::ref_linear;
 using testing::reload;
 
 // ------------------------------------------------------------------ helpers
@@ -46,26 +47,6 @@ void randomize(layers::Param<S>& p, uint64_t seed, double lo = -1.0, double hi =
 }
 
 double silu_d(double v) { return v / (1.0 + std::exp(-v)); }
-
-// x [B, T, in] -> x W^T + b [B, T, out] (W [out, in], b [out] or empty)
-Tensor<double> ref_linear(const Tensor<double>& x, const Tensor<double>& W,
-                          const Tensor<double>& b) {
-  const int64_t B = x.size(0), T = x.size(1), in = x.size(2), out = W.size(0);
-  Tensor<double> y({B, T, out});
-  for (int64_t bb = 0; bb < B; ++bb)
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t o = 0; o < out; ++o) {
-        double s = b.empty() ? 0.0 : b(o);
-        for (int64_t c = 0; c < in; ++c) s += x(bb, t, c) * W(o, c);
-        y(bb, t, o) = s;
-      }
-  return y;
-}
-template <class T, class S>
-Tensor<double> ref_linear(const Tensor<double>& x, const layers::Linear<T, S>& lin) {
-  return ref_linear(x, as_double(lin.weight),
-                    lin.has_bias() ? as_double(lin.bias) : Tensor<double>());
-}
 
 // Channels [c0, c1) of a [B, T, C] tensor, as a contiguous copy.
 Tensor<double> cols(const Tensor<double>& x, int64_t c0, int64_t c1) {

@@ -33,22 +33,10 @@ using ::testing::HasSubstr;
 using testing::max_abs;
 using testing::max_abs_diff;
 using testing::random_tensor;
+using testing::ref_linear;
 using testing::reload;
 
 // ------------------------------------------------------------------ helpers
-
-// x [N, in], W [out, in] -> [N, out]
-Tensor<double> ref_linear(const Tensor<double>& x, const Tensor<double>& W) {
-  const int64_t N = x.size(0), in = x.size(1), out = W.size(0);
-  Tensor<double> y({N, out});
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t o = 0; o < out; ++o) {
-      double s = 0;
-      for (int64_t c = 0; c < in; ++c) s += x(n, c) * W(o, c);
-      y(n, o) = s;
-    }
-  return y;
-}
 
 // W [out, in] -> W^T [in, out] (the ops' x @ W layout)
 Tensor<double> transposed(const Tensor<double>& W) {
