@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "effattn/core/error.hpp"
 #include "effattn/core/tensor.hpp"
@@ -50,6 +51,31 @@ inline Tensor<double> ref_linear(const Tensor<double>& x, const Tensor<double>& 
 template <class T, class S>
 Tensor<double> ref_linear(const Tensor<double>& x, const layers::Linear<T, S>& l) {
   return ref_linear(x, as_double(l.weight), l.has_bias() ? as_double(l.bias) : Tensor<double>());
+}
+
+// A mixer over a right-padded batch: fwd(x, y, lengths) on x [B, T, d] (sequence b = rows
+// [0, lengths[b])) gives in those rows what fwd(x_b, y_b, {}) gives for the sequence alone, and
+// padding rows equal `pad_row` (the layer's output for a zero mixer result, e.g. o_proj's bias).
+template <class Fwd>
+void expect_ragged_equals_alone(Fwd&& fwd, const Tensor<double>& x,
+                                const std::vector<int64_t>& lengths, const Tensor<double>& pad_row,
+                                double tol = 1e-12) {
+  const int64_t B = x.size(0), Tn = x.size(1), d = x.size(2);
+  Tensor<double> y({B, Tn, d});
+  fwd(x.view(), y.view(), lengths);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = lengths[static_cast<std::size_t>(b)];
+    if (n > 0) {
+      const Tensor<double> xb = Tensor<double>::from(x.view().slice(0, b, b + 1).slice(1, 0, n));
+      Tensor<double> yb({1, n, d});
+      fwd(xb.view(), yb.view(), std::vector<int64_t>());
+      const Tensor<double> got = Tensor<double>::from(y.view().slice(0, b, b + 1).slice(1, 0, n));
+      EXPECT_LT(max_abs_diff(got, yb), tol) << "sequence " << b << " of length " << n;
+    }
+    for (int64_t t = n; t < Tn; ++t)
+      for (int64_t i = 0; i < d; ++i)
+        ASSERT_EQ(y(b, t, i), pad_row.data()[i]) << "padding row " << t << " of sequence " << b;
+  }
 }
 
 template <class T>

@@ -291,6 +291,40 @@ TEST(EncoderExample, EncoderAndHeadMatchReference) {
   }
 }
 
+// A right-padded batch (lengths {17, 1, 9}) encodes each sentence as it is encoded alone, for every
+// block kind and position scheme; the head over the padded encoding with enc_lengths == the head
+// over each sentence's own encoding. The padding ids are real tokens, so a leak would show.
+TEST(EncoderExample, RaggedBatchEqualsSentencesAlone) {
+  const std::vector<int64_t> lengths = {17, 1, 9};
+  for (const auto& c : configs()) {
+    SCOPED_TRACE(name(c));
+    const auto m = make<double>(c);
+    const Tensor<int32_t> x = ids(3, 17, 41), q = ids(3, 4, 42);
+    const D enc = m.encode(x, lengths);
+    const D out = m.classify(q, enc, lengths);
+    for (int64_t b = 0; b < 3; ++b) {
+      const int64_t n = lengths[b];
+      Tensor<int32_t> xb({1, n}), qb({1, 4});
+      xb.copy_from(x.view().slice(0, b, b + 1).slice(1, 0, n));
+      qb.copy_from(q.view().slice(0, b, b + 1));
+      const D eb = m.encode(xb);
+      EXPECT_LT(max_abs_diff(D::from(enc.view().slice(0, b, b + 1).slice(1, 0, n)), eb), 1e-11)
+          << b;
+      EXPECT_LT(max_abs_diff(D::from(out.view().slice(0, b, b + 1)), m.classify(qb, eb)), 1e-11)
+          << b;
+    }
+    // The control: without lengths the first two sentences see the padding and change.
+    EXPECT_GT(max_abs_diff(D::from(m.encode(x).view().slice(0, 1, 2).slice(1, 0, 1)),
+                           m.encode(Tensor<int32_t>::from(x.view().slice(0, 1, 2).slice(1, 0, 1)))),
+              1e-3);
+  }
+  const auto m = make<float>(tiny());
+  EXPECT_NE(effattn::testing::error_of([&] {
+              m.encode(ids(2, 6, 2), {6, 7});
+            }).find("lengths[1] = 7 is not in [0, T = 6]"),
+            std::string::npos);
+}
+
 TEST(EncoderExample, PermutingTokensPermutesTheEncoding) {
   // No positions and no window: every block is permutation-equivariant, and the head (cross
   // attention over the encoding, no mask) does not see the order of the encoded tokens.

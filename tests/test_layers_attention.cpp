@@ -4,6 +4,7 @@
 // token by token through State == one call; the ring cache == the window mask; MLA absorbed ==
 // expanded; save -> load gives identical outputs; missing / misshaped tensors raise naming them;
 // bf16 weights / cache within tolerance of float.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -19,12 +20,15 @@
 using namespace effattn;
 using namespace effattn::layers;
 using effattn::testing::as_double;
+using effattn::testing::error_of;
 using effattn::testing::expect_errors_name_tensors;
+using effattn::testing::expect_ragged_equals_alone;
 using effattn::testing::max_abs;
 using effattn::testing::max_abs_diff;
 using effattn::testing::random_tensor;
 using effattn::testing::ref_linear;
 using effattn::testing::saved;
+using ::testing::HasSubstr;
 
 namespace {
 
@@ -323,6 +327,55 @@ TEST(AttentionLayer, NonCausalAndCross) {
   const Tensor<double> rf = cross_ref(Xf, q, ctx);
   EXPECT_LT(max_abs_diff(yf, rf), 2e-5 * (1 + max_abs(rf)));
   EXPECT_THROW(X(q), Error);  // kv_hidden != hidden: not a self-attention layer
+}
+
+// A right-padded batch (lengths, one sequence empty, one full) == each sequence alone, for causal,
+// non-causal, windowed, GQA and RoPE layers; padding rows are o_proj(0) = o_proj's bias.
+TEST(AttentionLayer, RaggedBatchEqualsSequencesAlone) {
+  AttentionConfig nc = cfg_gqa();
+  nc.causal = false;
+  const std::vector<int64_t> lengths = {7, 0, 13, 3};
+  for (const AttentionConfig& c : {cfg_mha(), nc, cfg_window(), cfg_encoder()}) {
+    const auto L = make_attn<double>(c, 27);
+    const Tensor<double> x = random_tensor<double>({4, 13, c.hidden}, 28);
+    Tensor<double> pad({c.hidden});
+    for (int64_t i = 0; i < c.hidden; ++i) pad(i) = c.o_bias ? L.o_proj.bias.data()[i] : 0.0;
+    expect_ragged_equals_alone([&](TensorView<const double> xv, TensorView<double> yv,
+                                   const std::vector<int64_t>& n) { L.forward(xv, yv, n); },
+                               x, lengths, pad);
+  }
+  // Cross attention over a padded context == over each context alone.
+  AttentionConfig cc = cfg_gqa();
+  cc.kv_hidden = 20;
+  const auto X = make_attn<double>(cc);
+  const Tensor<double> q = random_tensor<double>({3, 5, cc.hidden}, 29);
+  const Tensor<double> ctx = random_tensor<double>({3, 11, 20}, 30);
+  const std::vector<int64_t> ctx_len = {11, 4, 1};
+  Tensor<double> y({3, 5, cc.hidden});
+  X.forward_cross(q, ctx, y, ctx_len);
+  for (int64_t b = 0; b < 3; ++b) {
+    const Tensor<double> qb = Tensor<double>::from(q.view().slice(0, b, b + 1));
+    const Tensor<double> cb =
+        Tensor<double>::from(ctx.view().slice(0, b, b + 1).slice(1, 0, ctx_len[b]));
+    EXPECT_LT(max_abs_diff(Tensor<double>::from(y.view().slice(0, b, b + 1)), cross_ref(X, qb, cb)),
+              1e-12)
+        << b;
+  }
+  Tensor<double> yx({4, 13, nc.hidden});
+  const auto N = make_attn<double>(nc);
+  const Tensor<double> x = random_tensor<double>({4, 13, nc.hidden}, 31);
+  EXPECT_THAT(error_of([&] {
+                N.forward(x, yx, {7, 0, 14, 3});
+              }),
+              HasSubstr("lengths[2] = 14 is not in [0, T = 13]"));
+  EXPECT_THAT(error_of([&] {
+                N.forward(x, yx, {7, 0});
+              }),
+              HasSubstr("lengths has 2 entries, expected one per sequence (B = 4)"));
+  EXPECT_THAT(error_of([&] {
+                X.forward_cross(q, ctx, y, {1, 2, 12});
+              }),
+              HasSubstr("ctx_lengths[2] = 12 is not in [0, T = 11]"));
 }
 
 TEST(AttentionLayer, SaveLoadRoundTrip) {

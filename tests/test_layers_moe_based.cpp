@@ -29,6 +29,7 @@ using io::SafeTensorsWriter;
 using testing::as_double;
 using testing::bitwise_equal;
 using testing::error_of;
+using testing::expect_ragged_equals_alone;
 using ::testing::HasSubstr;
 using testing::max_abs;
 using testing::max_abs_diff;
@@ -455,6 +456,18 @@ TEST(BasedLayer, SaveLoadRoundTripIsBitwise) {
   EXPECT_TRUE(bitwise_equal(la(x, s1), l2(x, s2)));
   EXPECT_TRUE(bitwise_equal(s1.s, s2.s));
   EXPECT_TRUE(bitwise_equal(s1.z, s2.z));
+}
+
+// A right-padded batch == each sequence alone, causal and not (the encoder's use); padding rows are
+// o_proj(0) = 0.
+TEST(BasedLayer, RaggedBatchEqualsSequencesAlone) {
+  for (bool causal : {false, true}) {
+    const auto la = make_based<double>(based_config(causal), 104);
+    const Tensor<double> x = random_tensor<double>({3, 70, 16}, 105);
+    expect_ragged_equals_alone([&](TensorView<const double> xv, TensorView<double> yv,
+                                   const std::vector<int64_t>& n) { la.forward(xv, yv, n); },
+                               x, {70, 0, 33}, Tensor<double>(Shape({16})));
+  }
 }
 
 TEST(BasedLayer, LoadAndShapeErrors) {

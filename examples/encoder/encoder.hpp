@@ -45,8 +45,11 @@
 // A missing or misshaped tensor raises effattn::Error naming it. init_random(seed) gives each
 // layer derive_seed(seed, its name) (torch's default inits).
 //
-// No padding mask: the B sequences of a call have the same length (run ragged batches one
-// sequence per call). There is no cache either: an encoder reads its whole input at once.
+// Ragged batches: encode(ids, lengths) takes a right-padded batch (sequence b is ids[b, 0 ..
+// lengths[b])); the mixers run it packed (varlen), so no token sees padding and each sequence's
+// output is what it gets alone. Padding rows of the output are not meaningful. classify(...,
+// enc_lengths) hides the padding of enc from the head's keys likewise. There is no cache: an
+// encoder reads its whole input at once.
 #pragma once
 
 #include <cstdint>
@@ -158,23 +161,24 @@ struct EncoderBlock {
     mlp = layers::Mlp<T>(c.hidden, c.mlp_hidden);
   }
 
-  // The mixer alone: x [B, T, d] -> y [B, T, d], every token attending the whole sequence.
-  void mix(TensorView<const T> x, TensorView<T> y) const {
-    kind == 'L' ? linear.forward(x, y) : attn.forward(x, y);
+  // The mixer alone: x [B, T, d] -> y [B, T, d], every token attending the whole sequence (its
+  // first lengths[b] rows with lengths).
+  void mix(TensorView<const T> x, TensorView<T> y, const std::vector<int64_t>& lengths = {}) const {
+    kind == 'L' ? linear.forward(x, y, lengths) : attn.forward(x, y, lengths);
   }
 
   // x [B, T, d] -> y [B, T, d] (contiguous, y not x).
-  void forward(const Tensor<T>& x, Tensor<T>& y) const {
+  void forward(const Tensor<T>& x, Tensor<T>& y, const std::vector<int64_t>& lengths = {}) const {
     Tensor<T> a(x.shape()), b(x.shape());
     if (pre_norm) {
       norm1.forward(x, a);  // y = x + mix(norm1(x))
-      mix(a, y);
+      mix(a, y, lengths);
       encoder_detail::add_into(x, y);
       norm2.forward(y, a);  // y += mlp(norm2(y))
       mlp.forward(a, b);
       encoder_detail::add_into(b, y);
     } else {
-      mix(x, a);  // a = norm1(x + mix(x))
+      mix(x, a, lengths);  // a = norm1(x + mix(x))
       encoder_detail::add_into(x, a);
       norm1.forward(a, a);
       mlp.forward(a, b);  // y = norm2(a + mlp(a))
@@ -238,11 +242,13 @@ struct CrossHead {
     classifier = layers::Linear<T>(c.hidden, c.num_labels, /*bias*/ true);
   }
 
-  // q [B, Tq, d] (embedded queries), enc [B, Tk, d] -> logits [B, Tq, num_labels].
-  void forward(const Tensor<T>& q, TensorView<const T> enc, TensorView<T> logits) const {
+  // q [B, Tq, d] (embedded queries), enc [B, Tk, d] (its first enc_lengths[b] rows, with
+  // enc_lengths) -> logits [B, Tq, num_labels].
+  void forward(const Tensor<T>& q, TensorView<const T> enc, TensorView<T> logits,
+               const std::vector<int64_t>& enc_lengths = {}) const {
     Tensor<T> a(q.shape()), h(q.shape()), b(q.shape());
     norm_q.forward(q, a);  // h = q + cross_attn(norm_q(q), enc)
-    cross_attn.forward_cross(a, enc, h);
+    cross_attn.forward_cross(a, enc, h, enc_lengths);
     encoder_detail::add_into(q, h);
     norm_mlp.forward(h, a);  // h += mlp(norm_mlp(h))
     mlp.forward(a, b);
@@ -314,12 +320,15 @@ class Encoder {
   int64_t hidden() const { return config.hidden; }
   int64_t num_labels() const { return config.num_labels; }
 
-  // ids [B, T] -> enc [B, T, d]: every token's representation, from the whole sequence.
-  void encode(TensorView<const int32_t> ids, TensorView<T> enc) const {
+  // ids [B, T] -> enc [B, T, d]: every token's representation, from the whole sequence. lengths
+  // (B entries, or none): sequence b is ids[b, 0 .. lengths[b]), the rest padding.
+  void encode(TensorView<const int32_t> ids, TensorView<T> enc,
+              const std::vector<int64_t>& lengths = {}) const {
     check(!ids.empty() && ids.ndim() == 2 && ids.size(1) >= 1, "Encoder::encode: ids has shape ",
           ids.empty() ? std::string("<none>") : ids.shape().str(), ", expected [B, T], T >= 1");
     const int64_t B = ids.size(0), Tn = ids.size(1), d = hidden();
     check_shape("Encoder::encode", "enc", TensorView<const T>(enc), {B, Tn, d}, "[B, T, d]");
+    layers::detail::check_lengths("Encoder::encode", "lengths", lengths, B, Tn);
     check(config.positions != Positions::kLearned || Tn <= config.max_positions,
           "Encoder::encode: ", Tn, " tokens, more than max_positions (", config.max_positions,
           ") learned positions");
@@ -330,7 +339,7 @@ class Encoder {
         simd::axpy(T(1), embed_positions.weight.data(), x.data() + b * Tn * d, Tn * d);
     if (!config.pre_norm) embed_norm.forward(x, x);
     for (const auto& blk : layers) {
-      blk.forward(x, y);
+      blk.forward(x, y, lengths);
       std::swap(x, y);
     }
     if (config.pre_norm) {
@@ -341,17 +350,17 @@ class Encoder {
           for (int64_t i = 0; i < d; ++i) enc(b, t, i) = x(b, t, i);
     }
   }
-  Tensor<T> encode(TensorView<const int32_t> ids) const {
+  Tensor<T> encode(TensorView<const int32_t> ids, const std::vector<int64_t>& lengths = {}) const {
     check(!ids.empty() && ids.ndim() == 2, "Encoder::encode: ids must be [B, T]");
     Tensor<T> enc({ids.size(0), ids.size(1), hidden()});
-    encode(ids, enc);
+    encode(ids, enc, lengths);
     return enc;
   }
 
-  // The head: query_ids [B, Tq] attend over enc [B, Tk, d] (any Tk >= 1) -> logits
-  // [B, Tq, num_labels].
-  void classify(TensorView<const int32_t> query_ids, TensorView<const T> enc,
-                TensorView<T> logits) const {
+  // The head: query_ids [B, Tq] attend over enc [B, Tk, d] (any Tk >= 1; with enc_lengths over
+  // its first enc_lengths[b] rows) -> logits [B, Tq, num_labels].
+  void classify(TensorView<const int32_t> query_ids, TensorView<const T> enc, TensorView<T> logits,
+                const std::vector<int64_t>& enc_lengths = {}) const {
     check(!query_ids.empty() && query_ids.ndim() == 2 && query_ids.size(1) >= 1,
           "Encoder::classify: query_ids has shape ",
           query_ids.empty() ? std::string("<none>") : query_ids.shape().str(),
@@ -363,13 +372,14 @@ class Encoder {
                 "[B, Tq, num_labels]");
     Tensor<T> q({B, Tq, hidden()});
     embed_tokens.forward(query_ids, q);
-    head.forward(q, enc, logits);
+    head.forward(q, enc, logits, enc_lengths);
   }
-  Tensor<T> classify(TensorView<const int32_t> query_ids, TensorView<const T> enc) const {
+  Tensor<T> classify(TensorView<const int32_t> query_ids, TensorView<const T> enc,
+                     const std::vector<int64_t>& enc_lengths = {}) const {
     check(!query_ids.empty() && query_ids.ndim() == 2,
           "Encoder::classify: query_ids must be [B, Tq]");
     Tensor<T> logits({query_ids.size(0), query_ids.size(1), num_labels()});
-    classify(query_ids, enc, logits);
+    classify(query_ids, enc, logits, enc_lengths);
     return logits;
   }
 

@@ -22,7 +22,8 @@
 //                               is O(W)) and attends the new queries over everything cached.
 //                               Prompts run the tiled prefill kernel, a few tokens the split-K
 //                               decode path (chosen inside the op by T).
-//   forward(x, y)               one whole sequence, no cache: causal or non-causal (encoder).
+//   forward(x, y [, lengths])   one whole sequence, no cache: causal or non-causal (encoder);
+//                               lengths: a right-padded batch of sequences of their own lengths.
 //   forward_cross(x, ctx, y)    cross attention: queries from x [B, Tq, d] over the keys and
 //                               values of a context [B, Tk, kv_hidden] of another length,
 //                               encoded once by encode_context() (no mask, no RoPE: the two
@@ -37,6 +38,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "effattn/core/error.hpp"
 #include "effattn/core/tensor.hpp"
@@ -176,18 +178,22 @@ class Attention {
   }
 
   // One whole sequence at positions 0 .. T-1, no cache: causal or non-causal per the config.
-  void forward(TensorView<const T> x, TensorView<T> y) const {
+  // lengths (B entries, or none): a right-padded batch, sequence b is rows [0, lengths[b]) of x;
+  // padding rows are not seen by any query, and their own output rows are o_proj(0).
+  void forward(TensorView<const T> x, TensorView<T> y,
+               const std::vector<int64_t>& lengths = {}) const {
     const char* L = "Attention";
     check_self();
     check_shape(L, "x", x, {-1, -1, hidden()}, "[B, T, d]");
     const int64_t B = x.size(0), Tn = x.size(1);
     check_shape(L, "y", TensorView<const T>(y), {B, Tn, hidden()}, "[B, T, d]");
+    detail::check_lengths(L, "lengths", lengths, B, Tn);
     if (Tn == 0) return;
     Tensor<T> xbuf, q, k, v;
     x = detail::rows_in(x, &xbuf);
     project_qkv(x, x, 0, &q, &k, &v);
     Tensor<T> o({B, Tn, num_heads(), head_dim()});
-    attention<T, T>(q, k, v, o, params(config.causal));
+    attend<T>(q, k, v, o, params(config.causal), lengths, lengths);
     project_out(o, y);
   }
   Tensor<T> operator()(TensorView<const T> x) const {
@@ -218,8 +224,9 @@ class Attention {
   }
 
   // Cross attention: queries from x [B, Tq, d] over the context's keys and values (every key
-  // visible) -> y [B, Tq, d].
-  void forward_cross(TensorView<const T> x, const Context& ctx, TensorView<T> y) const {
+  // visible, or the first ctx_lengths[b] of sequence b's) -> y [B, Tq, d].
+  void forward_cross(TensorView<const T> x, const Context& ctx, TensorView<T> y,
+                     const std::vector<int64_t>& ctx_lengths = {}) const {
     const char* L = "Attention::forward_cross";
     check_shape(L, "x", x, {-1, -1, hidden()}, "[B, Tq, d]");
     const int64_t B = x.size(0), Tq = x.size(1);
@@ -228,6 +235,7 @@ class Attention {
           ": the context's batch does not match x ", x.shape().str(),
           " (make it with "
           "encode_context)");
+    detail::check_lengths(L, "ctx_lengths", ctx_lengths, B, ctx.k.size(1));
     if (Tq == 0) return;
     Tensor<T> xbuf, q({B, Tq, num_heads(), head_dim()});
     x = detail::rows_in(x, &xbuf);
@@ -236,11 +244,12 @@ class Attention {
     Tensor<T> o({B, Tq, num_heads(), head_dim()});
     AttentionParams p;
     p.scale = scale();
-    attention<T, KV>(q, ctx.k, ctx.v, o, p);
+    attend<KV>(q, ctx.k, ctx.v, o, p, {}, ctx_lengths);
     project_out(o, y);
   }
-  void forward_cross(TensorView<const T> x, TensorView<const T> ctx, TensorView<T> y) const {
-    forward_cross(x, encode_context(ctx), y);
+  void forward_cross(TensorView<const T> x, TensorView<const T> ctx, TensorView<T> y,
+                     const std::vector<int64_t>& ctx_lengths = {}) const {
+    forward_cross(x, encode_context(ctx), y, ctx_lengths);
   }
 
   double scale() const {
@@ -295,6 +304,24 @@ class Attention {
     const TensorView<const T> o3 =
         o.view().reshape({o.size(0), o.size(1), num_heads() * head_dim()});
     detail::rows_out(y, [&](TensorView<T> out) { o_proj.forward(o3, out); });
+  }
+
+  // o = attention(q, k, v): q / o [B, Tq, Hq, D], k / v [B, Tk, Hkv, D]. With lengths for either
+  // side (right padding), as one packed varlen call: padded keys are never seen, padded query
+  // rows of o are zero.
+  template <class KS>
+  static void attend(const Tensor<T>& q, const Tensor<KS>& k, const Tensor<KS>& v, Tensor<T>& o,
+                     AttentionParams p, const std::vector<int64_t>& q_lengths,
+                     const std::vector<int64_t>& k_lengths) {
+    if (q_lengths.empty() && k_lengths.empty()) return attention<T, KS>(q, k, v, o, p);
+    const int64_t B = q.size(0);
+    p.cu_seqlens_q = detail::cu_seqlens_of(q_lengths, B, q.size(1));
+    p.cu_seqlens_k = detail::cu_seqlens_of(k_lengths, B, k.size(1));
+    const Tensor<T> qp = detail::pack_rows(q, p.cu_seqlens_q);
+    Tensor<T> op(qp.shape());
+    attention<T, KS>(qp, detail::pack_rows(k, p.cu_seqlens_k), detail::pack_rows(v, p.cu_seqlens_k),
+                     op, p);
+    detail::unpack_rows(op, p.cu_seqlens_q, o);
   }
 
   void check_self() const {

@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "effattn/core/error.hpp"
 #include "effattn/core/tensor.hpp"
@@ -126,10 +127,14 @@ class LinearAttention {
     return y;
   }
 
-  // One whole sequence from an empty state: causal or not per the config.
-  void forward(TensorView<const T> x, TensorView<T> y) const {
+  // One whole sequence from an empty state: causal or not per the config. lengths (B entries, or
+  // none): a right-padded batch, sequence b is rows [0, lengths[b]) of x; padding rows are not
+  // seen by any query, and their own output rows are o_proj(0).
+  void forward(TensorView<const T> x, TensorView<T> y,
+               const std::vector<int64_t>& lengths = {}) const {
     check_shape("LinearAttention", "x", x, {-1, -1, hidden()}, "[B, T, d]");
-    run(x, y, nullptr);
+    detail::check_lengths("LinearAttention", "lengths", lengths, x.size(0), x.size(1));
+    run(x, y, nullptr, lengths);
   }
   Tensor<T> operator()(TensorView<const T> x) const {
     check(!x.empty() && x.ndim() == 3, "LinearAttention: x must be [B, T, d]");
@@ -167,7 +172,8 @@ class LinearAttention {
 
  private:
   // x [B, T, d] (checked) -> y; with a state, from and into it (in place: the op allows it).
-  void run(TensorView<const T> x, TensorView<T> y, State* state) const {
+  void run(TensorView<const T> x, TensorView<T> y, State* state,
+           const std::vector<int64_t>& lengths = {}) const {
     const int64_t B = x.size(0), Tn = x.size(1), H = num_heads(), K = feature_dim(), V = head_dim();
     check_shape("LinearAttention", "y", TensorView<const T>(y), {B, Tn, hidden()}, "[B, T, d]");
     if (Tn == 0) return;
@@ -185,8 +191,15 @@ class LinearAttention {
     p.causal = config.causal;
     if (state) {
       linear_attention<T>(q, k, v, o, p, state->s, state->s, state->z, state->z);
-    } else {
+    } else if (lengths.empty()) {
       linear_attention<T>(q, k, v, o, p);
+    } else {  // right padding: one packed varlen call
+      p.cu_seqlens = detail::cu_seqlens_of(lengths, B, Tn);
+      const Tensor<T> qp = detail::pack_rows(q, p.cu_seqlens);
+      Tensor<T> op({1, qp.size(1), H, V});
+      linear_attention<T>(qp, detail::pack_rows(k, p.cu_seqlens),
+                          detail::pack_rows(v, p.cu_seqlens), op, p);
+      detail::unpack_rows(op, p.cu_seqlens, o);
     }
     const TensorView<const T> o3 = o.view().reshape({B, Tn, H * V});
     detail::rows_out(y, [&](TensorView<T> out) { o_proj.forward(o3, out); });

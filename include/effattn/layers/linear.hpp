@@ -273,6 +273,54 @@ void rows_out(TensorView<T> y, F&& f) {
     }
 }
 
+// Right-padded batches (an encoder's sentences of different lengths): sequence b is rows
+// [0, lengths[b]) of a [B, T, ...] tensor, the rows after it are padding. The mixers run such a
+// batch as one packed varlen sequence (cu_seqlens), so padding is neither seen nor computed.
+// Empty lengths = every sequence is T long.
+inline void check_lengths(const char* layer, const char* name, const std::vector<int64_t>& lengths,
+                          int64_t B, int64_t T) {
+  check(lengths.empty() || static_cast<int64_t>(lengths.size()) == B, layer, ": ", name, " has ",
+        lengths.size(), " entries, expected one per sequence (B = ", B, ") or none");
+  for (std::size_t b = 0; b < lengths.size(); ++b)
+    check(lengths[b] >= 0 && lengths[b] <= T, layer, ": ", name, "[", b, "] = ", lengths[b],
+          " is not in [0, T = ", T, "]");
+}
+
+// Offsets of the packed sequences: {0, l0, l0 + l1, ...}; every length T when `lengths` is empty.
+inline std::vector<int64_t> cu_seqlens_of(const std::vector<int64_t>& lengths, int64_t B,
+                                          int64_t T) {
+  std::vector<int64_t> cu(1, 0);
+  for (int64_t b = 0; b < B; ++b) cu.push_back(cu.back() + (lengths.empty() ? T : lengths[b]));
+  return cu;
+}
+
+// x [B, T, ...] (contiguous) -> [1, N, ...]: rows [0, lengths[b]) of each sequence back to back.
+template <class T>
+Tensor<T> pack_rows(const Tensor<T>& x, const std::vector<int64_t>& cu) {
+  const int64_t B = x.size(0), Tn = x.size(1), row = x.numel() / std::max<int64_t>(1, B * Tn);
+  Shape s = x.shape();
+  s[0] = 1;
+  s[1] = cu.back();
+  Tensor<T> out(s);
+  for (int64_t b = 0; b < B; ++b)
+    std::copy(x.data() + b * Tn * row, x.data() + (b * Tn + cu[b + 1] - cu[b]) * row,
+              out.data() + cu[b] * row);
+  return out;
+}
+
+// packed [1, N, ...] -> y [B, T, ...] (contiguous): each sequence's rows back in place, padding
+// rows zero.
+template <class T>
+void unpack_rows(const Tensor<T>& packed, const std::vector<int64_t>& cu, Tensor<T>& y) {
+  const int64_t B = y.size(0), Tn = y.size(1), row = y.numel() / std::max<int64_t>(1, B * Tn);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = cu[b + 1] - cu[b];
+    std::copy(packed.data() + cu[b] * row, packed.data() + cu[b + 1] * row,
+              y.data() + b * Tn * row);
+    std::fill(y.data() + (b * Tn + n) * row, y.data() + (b + 1) * Tn * row, T(0));
+  }
+}
+
 }  // namespace detail
 
 // y = x W^T + b. weight [out, in] stored as S, bias [out] (optional) kept in T.
