@@ -1,6 +1,8 @@
 // core/: views and slicing, shape checks and their messages, parallel_for, bf16.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -55,6 +57,45 @@ TEST(Tensor, CopyIsDeep) {
   scalar.data()[0] = 3.0f;
   Tensor<float> scalar2 = scalar;
   EXPECT_EQ(scalar2.data()[0], 3.0f);
+}
+
+// Freed storage of >= 1 MiB is recycled: the next tensor that fits (at most 1/4 to spare) gets the
+// block, zeroed again; nothing smaller, nothing much larger, nothing past the limit.
+TEST(Tensor, LargeBlocksAreRecycledAndZeroed) {
+  if (!detail::BlockCache::enabled()) GTEST_SKIP() << "tensor cache off (sanitizer build)";
+  const std::size_t limit = tensor_cache_limit();
+  set_tensor_cache_limit(0);  // start empty
+  set_tensor_cache_limit(std::size_t(64) << 20);
+  const float* first;
+  {
+    Tensor<float> a({512, 1024});  // 2 MiB
+    a.fill(3.0f);
+    first = a.data();
+  }
+  EXPECT_EQ(tensor_cache_bytes(), std::size_t(2) << 20);
+  {
+    Tensor<float> small({1000});  // too small to come from the cache
+    EXPECT_NE(small.data(), first);
+    Tensor<float> big({1024, 1024});  // 4 MiB: the 2 MiB block does not fit
+    EXPECT_NE(big.data(), first);
+    EXPECT_EQ(tensor_cache_bytes(), std::size_t(2) << 20);
+  }
+  EXPECT_EQ(tensor_cache_bytes(), std::size_t(6) << 20);  // big is kept too
+  {
+    Tensor<float> b({500, 1000});  // 1.9 MiB: fits the 2 MiB block
+    EXPECT_EQ(b.data(), first);
+    EXPECT_EQ(*std::max_element(b.data(), b.data() + b.numel()), 0.0f);  // zeroed again
+    EXPECT_EQ(tensor_cache_bytes(), std::size_t(4) << 20);
+    Tensor<float> c({300, 1024});  // 1.2 MiB: the 4 MiB block has too much to spare
+    EXPECT_EQ(tensor_cache_bytes(), std::size_t(4) << 20);
+  }
+  set_tensor_cache_limit(std::size_t(5) << 20);  // drops the oldest until under the limit
+  EXPECT_LE(tensor_cache_bytes(), std::size_t(5) << 20);
+  set_tensor_cache_limit(0);
+  EXPECT_EQ(tensor_cache_bytes(), 0u);
+  { Tensor<float> d({512, 1024}); }
+  EXPECT_EQ(tensor_cache_bytes(), 0u);  // limit 0: nothing kept
+  set_tensor_cache_limit(limit);
 }
 
 TEST(TensorView, SelectHeadWithoutCopy) {
