@@ -425,6 +425,32 @@ TEST(Attention, StridedViewsEqualContiguous) {
   EXPECT_EQ(big(1, 50, 2, 50), 0.0);
 }
 
+// Keys / values stored head-major [B, Hkv, Tk, D] (the KVCache layout) and passed as strided
+// [B, Tk, Hkv, D] views: the prefill kernel reads their rows in place instead of packing them,
+// with the same result as contiguous inputs (bitwise) and as the naive form.
+TEST(Attention, HeadMajorKeysValuesReadInPlace) {
+  const int64_t B = 2, T = 257, Hq = 4, Hkv = 2, K = 40, V = 48;
+  const Tensor<float> q = random_tensor<float>({B, T, Hq, K}, 150);
+  const Tensor<float> kh = random_tensor<float>({B, Hkv, T, K}, 151);
+  const Tensor<float> vh = random_tensor<float>({B, Hkv, T, V}, 152);
+  const TensorView<const float> k(kh.data(), Shape{B, T, Hkv, K}, {Hkv * T * K, K, T * K, 1});
+  const TensorView<const float> v(vh.data(), Shape{B, T, Hkv, V}, {Hkv * T * V, V, T * V, 1});
+  const Tensor<float> kc = Tensor<float>::from(k), vc = Tensor<float>::from(v);
+  for (bool causal : {false, true}) {
+    AttentionParams p;
+    p.causal = causal;
+    p.path = AttentionPath::kPrefill;
+    Tensor<float> o({B, T, Hq, V}), oc({B, T, Hq, V});
+    attention<float>(q, k, v, o, p);
+    attention<float>(q, kc, vc, oc, p);
+    EXPECT_EQ(max_abs_diff(o, oc), 0.0) << "causal " << causal;
+    Tensor<double> ref({B, T, Hq, V});
+    attention_naive<double>(Tensor<double>::from(q.view()), Tensor<double>::from(kc.view()),
+                            Tensor<double>::from(vc.view()), ref, p);
+    EXPECT_LT(max_abs_diff(o, ref), 2e-5) << "causal " << causal;
+  }
+}
+
 namespace {
 template <class F>
 void expect_error_naming(F&& f, const std::string& needle) {
