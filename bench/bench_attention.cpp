@@ -14,7 +14,8 @@
 //   decode_cache     cached_attention() on a KVCache holding Tk tokens (the cache's own storage,
 //                    one new token appended per call, then truncated back): the decode path as
 //                    a model runs it; Hq=32, Hkv=8, K=V=128, float or bf16 cache. GB/s counts
-//                    the K and V bytes of the Tk + 1 cached tokens.
+//                    the K and V bytes of the Tk + 1 cached tokens. Tk = 1024 (8 MB float)
+//                    stays in L3: the kernel's compute rate. decode_cache_mha: Hq = Hkv = 8.
 //   decode_read      no attention: the sum of every float of decode's K and V caches, the read
 //                    ceiling of decode on this machine (GB/s counts bytes read, like decode).
 #include <sys/resource.h>
@@ -117,10 +118,11 @@ void decode(benchmark::State& state) {
   bench::set_rates(state, 4.0 * double(Tk) * D * Hq, 2.0 * double(Tk) * Hkv * D * sizeof(KV));
 }
 
-// Args: {Tk, threads}. One decode step through a KVCache<KV> that holds Tk tokens.
-template <class KV>
+// Args: {Tk, threads}. One decode step through a KVCache<KV> that holds Tk tokens; Hkv = 8,
+// Hq = 8 G (G = 4: GQA as in Llama-3-8B; G = 1: multi-head attention).
+template <class KV, int G = 4>
 void decode_cache(benchmark::State& state) {
-  const int64_t Tk = state.range(0), Hq = 32, Hkv = 8, D = 128;
+  const int64_t Tk = state.range(0), Hq = 8 * G, Hkv = 8, D = 128;
   bench::use_threads(static_cast<int>(state.range(1)));
   const Tensor<float> q = bench::random_tensor<float>({1, 1, Hq, D}, 1);
   const Tensor<float> kn = bench::random_tensor<float>({1, 1, Hkv, D}, 4);
@@ -218,13 +220,19 @@ BENCHMARK(decode<bf16>)
 BENCHMARK(decode_cache<float>)
     ->Name("decode_cache_f32")
     ->ArgNames({"Tk", "threads"})
-    ->ArgsProduct({{8192, 32768}, {1, 2}})
+    ->ArgsProduct({{1024, 8192, 32768}, {1, 2}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(decode_cache<float, 1>)
+    ->Name("decode_cache_mha_f32")
+    ->ArgNames({"Tk", "threads"})
+    ->ArgsProduct({{1024, 32768}, {1, 2}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 BENCHMARK(decode_cache<bf16>)
     ->Name("decode_cache_bf16")
     ->ArgNames({"Tk", "threads"})
-    ->ArgsProduct({{8192, 32768}, {1, 2}})
+    ->ArgsProduct({{1024, 8192, 32768}, {1, 2}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 BENCHMARK_MAIN();

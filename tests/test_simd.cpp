@@ -264,20 +264,35 @@ TYPED_TEST(SimdTest, OnlineSoftmaxBlocksAndMergeEqualDirectSoftmax) {
 }
 
 #if EFFATTN_HAS_SIMD
-// hsum_rows: out[i] = the sum of register i, for every i, whatever lane order xsimd's haddp uses.
+// hsum_rows: lane i = the sum of register i, in natural order, for every i.
 TYPED_TEST(SimdTest, HsumRowsEqualsEachRegistersSum) {
   using T = TypeParam;
   constexpr int64_t L = simd::kLanes<T>;
-  Buf<T> x(L * L, 0, 31);
-  simd::Vec<T> rows[L];
-  for (int64_t i = 0; i < L; ++i) rows[i] = simd::load(x.p + i * L);
-  T out[L];
-  simd::hsum_rows(rows, simd::haddp_lanes<T>(), out);
-  for (int64_t i = 0; i < L; ++i) {
-    double ref = 0, mag = 0;
-    for (int64_t l = 0; l < L; ++l) ref += double(x.p[i * L + l]), mag += std::abs(x.p[i * L + l]);
-    EXPECT_NEAR(double(out[i]), ref, 4 * eps<T>() * mag) << "register " << i;
+  for (uint64_t seed = 31; seed < 34; ++seed) {
+    Buf<T> x(L * L, 0, seed);
+    simd::Vec<T> rows[L];
+    for (int64_t i = 0; i < L; ++i) rows[i] = simd::load(x.p + i * L);
+    T out[L];
+    simd::store(out, simd::hsum_rows(rows));
+    for (int64_t i = 0; i < L; ++i) {
+      double ref = 0, mag = 0;
+      for (int64_t l = 0; l < L; ++l)
+        ref += double(x.p[i * L + l]), mag += std::abs(x.p[i * L + l]);
+      EXPECT_NEAR(double(out[i]), ref, 4 * eps<T>() * mag) << "register " << i;
+    }
   }
+  // One nonzero lane at a time: each lane of each register lands in its register's sum only.
+  for (int64_t i = 0; i < L; ++i)
+    for (int64_t l = 0; l < L; ++l) {
+      std::vector<T> z(static_cast<std::size_t>(L * L), T(0));
+      z[static_cast<std::size_t>(i * L + l)] = T(1);
+      simd::Vec<T> rows[L];
+      for (int64_t r = 0; r < L; ++r) rows[r] = simd::load(z.data() + r * L);
+      T out[L];
+      simd::store(out, simd::hsum_rows(rows));
+      for (int64_t r = 0; r < L; ++r)
+        EXPECT_EQ(out[r], r == i ? T(1) : T(0)) << "register " << i << " lane " << l;
+    }
 }
 #endif
 

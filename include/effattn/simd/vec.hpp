@@ -53,37 +53,79 @@ inline T hmax(const Vec<T>& v) {
   return m;
 }
 
-// Row sums of kLanes<T> registers at once: out[i] = sum of the lanes of rows[i], i < kLanes<T>
-// (one transposing reduction, xsimd::haddp, instead of kLanes<T> horizontal sums). `lanes` is
-// haddp_lanes<T>(), fetched once outside the caller's loops: xsimd 8.1's AVX-512 float haddp
-// returns the sums of registers 2-5 and 10-13 swapped in pairs, so the lane of each sum is
-// measured once instead of assumed.
+// Row sums of kLanes<T> registers at once: lane i of the result = the sum of the lanes of
+// rows[i], i < kLanes<T> (one transposing reduction instead of kLanes<T> horizontal sums).
+// With AVX / AVX-512 a tree of log2(L) steps, each folding one bit of the lane index: a blend
+// plus a lane-crossing shuffle for the 256- and 128-bit halves, unpack lo / hi within 128 bits;
+// L - 1 adds in all and the sums come out in natural order (xsimd 8.1's haddp permutes them).
 template <class T>
-inline const int* haddp_lanes() {
-  static const auto lanes = [] {
-    struct Table {
-      int lane[kLanes<T>];
-    } m{};
-    Vec<T> rows[kLanes<T>];
-    alignas(64) T buf[kLanes<T>];
-    for (int64_t i = 0; i < kLanes<T>; ++i) {
-      for (int64_t l = 0; l < kLanes<T>; ++l) buf[l] = l == 0 ? T(i + 1) : T(0);
-      rows[i] = Vec<T>::load_aligned(buf);
+inline Vec<T> hsum_rows(const Vec<T>* rows) {
+  constexpr std::size_t L = Vec<T>::size;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && L == 16) {
+    __m512 y[8], z[4], w[2];
+    for (int i = 0; i < 8; ++i) {  // fold bit 3: y[i] = (rows[i] halves, rows[i + 8] halves)
+      const __m512 a = rows[i].data, b = rows[i + 8].data;
+      y[i] = _mm512_add_ps(_mm512_mask_blend_ps(0xFF00, a, b),
+                           _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 3, 2)));
     }
-    xsimd::haddp(rows).store_aligned(buf);
-    for (int64_t lane = 0; lane < kLanes<T>; ++lane) {
-      const int64_t i = static_cast<int64_t>(buf[lane]) - 1;
-      m.lane[i >= 0 && i < kLanes<T> ? i : lane] = static_cast<int>(lane);
+    for (int i = 0; i < 4; ++i) {  // fold bit 2: 128-bit quarters (i, i + 4, i + 8, i + 12)
+      const __m512 a = y[i], b = y[i + 4];
+      const __m512 c = _mm512_mask_blend_ps(0xF0F0, b, a);
+      z[i] = _mm512_add_ps(_mm512_mask_blend_ps(0xF0F0, a, b),
+                           _mm512_shuffle_f32x4(c, c, _MM_SHUFFLE(2, 3, 0, 1)));
     }
-    return m;
-  }();
-  return lanes.lane;
-}
-template <class T>
-inline void hsum_rows(const Vec<T>* rows, const int* lanes, T* out) {
-  alignas(64) T buf[kLanes<T>];
-  xsimd::haddp(rows).store_aligned(buf);
-  for (int64_t i = 0; i < kLanes<T>; ++i) out[i] = buf[lanes[i]];
+    for (int i = 0; i < 2; ++i)  // fold bit 0 (in-lane pairs of rows 2i, 2i + 1)
+      w[i] = _mm512_add_ps(_mm512_unpacklo_ps(z[2 * i], z[2 * i + 1]),
+                           _mm512_unpackhi_ps(z[2 * i], z[2 * i + 1]));
+    const __m512d a = _mm512_castps_pd(w[0]), b = _mm512_castps_pd(w[1]);  // fold bit 1
+    return Vec<T>(_mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                                _mm512_castpd_ps(_mm512_unpackhi_pd(a, b))));
+  }
+  if constexpr (std::is_same_v<T, double> && L == 8) {
+    __m512d y[4], z[2];
+    for (int i = 0; i < 4; ++i) {  // fold bit 2
+      const __m512d a = rows[i].data, b = rows[i + 4].data;
+      y[i] = _mm512_add_pd(_mm512_mask_blend_pd(0xF0, a, b),
+                           _mm512_shuffle_f64x2(a, b, _MM_SHUFFLE(1, 0, 3, 2)));
+    }
+    for (int i = 0; i < 2; ++i) {  // fold bit 1
+      const __m512d a = y[i], b = y[i + 2];
+      const __m512d c = _mm512_mask_blend_pd(0xCC, b, a);
+      z[i] = _mm512_add_pd(_mm512_mask_blend_pd(0xCC, a, b),
+                           _mm512_shuffle_f64x2(c, c, _MM_SHUFFLE(2, 3, 0, 1)));
+    }
+    return Vec<T>(  // fold bit 0
+        _mm512_add_pd(_mm512_unpacklo_pd(z[0], z[1]), _mm512_unpackhi_pd(z[0], z[1])));
+  }
+#endif
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float> && L == 8) {
+    __m256 y[4], w[2];
+    for (int i = 0; i < 4; ++i) {  // fold bit 2
+      const __m256 a = rows[i].data, b = rows[i + 4].data;
+      y[i] = _mm256_add_ps(_mm256_blend_ps(a, b, 0xF0), _mm256_permute2f128_ps(a, b, 0x21));
+    }
+    for (int i = 0; i < 2; ++i)  // fold bit 0
+      w[i] = _mm256_add_ps(_mm256_unpacklo_ps(y[2 * i], y[2 * i + 1]),
+                           _mm256_unpackhi_ps(y[2 * i], y[2 * i + 1]));
+    const __m256d a = _mm256_castps_pd(w[0]), b = _mm256_castps_pd(w[1]);  // fold bit 1
+    return Vec<T>(_mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
+                                _mm256_castpd_ps(_mm256_unpackhi_pd(a, b))));
+  }
+  if constexpr (std::is_same_v<T, double> && L == 4) {
+    __m256d y[2];
+    for (int i = 0; i < 2; ++i) {  // fold bit 1
+      const __m256d a = rows[i].data, b = rows[i + 2].data;
+      y[i] = _mm256_add_pd(_mm256_blend_pd(a, b, 0xC), _mm256_permute2f128_pd(a, b, 0x21));
+    }
+    return Vec<T>(  // fold bit 0
+        _mm256_add_pd(_mm256_unpacklo_pd(y[0], y[1]), _mm256_unpackhi_pd(y[0], y[1])));
+  }
+#endif
+  alignas(64) T buf[L];  // any other width: one horizontal sum per row
+  for (std::size_t i = 0; i < L; ++i) buf[i] = xsimd::hadd(rows[i]);
+  return Vec<T>::load_aligned(buf);
 }
 
 // kLanes<T> elements stored as S, as a register of T: S = T is a plain load; S = bf16 (T = float)

@@ -48,7 +48,7 @@ inline constexpr int64_t kDecodeMaxRows = 16;  // auto path: decode when Tq <= t
 
 // St[j, c0 + r] = Qs[r0 + r] . K_j for 4 query rows and keys j < bk of one kv head: blocks of
 // 4 rows x (L/4) keys accumulate in L registers along the head dim, and one transposing
-// reduction (xsimd::haddp: lane i = sum of register i) yields their L scores at once, instead
+// reduction (simd::hsum_rows: lane i = sum of register i) yields their L scores at once, instead
 // of one horizontal sum per score. Keys past the last whole block use simd::dot.
 
 // Software prefetch of n bytes with a locality hint (0: prefetcht0, 1: t1, 2: t2, 3: nta).
@@ -105,7 +105,6 @@ inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St,
   if constexpr (L >= 4) {
     constexpr int64_t KB = L / 4;  // keys per block
     const int64_t kv = K / L * L;
-    const int* lane_of = simd::haddp_lanes<T>();  // xsimd 8.1 permutes haddp's lanes
     for (; j + KB <= bk; j += KB) {
       hook(j);
       VecT<T> acc[L];
@@ -125,10 +124,10 @@ inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St,
         }
       }
       alignas(64) T sums[L];
-      xsimd::haddp(acc).store_aligned(sums);  // sums[lane_of[b * 4 + r]]
+      simd::hsum_rows(acc).store_aligned(sums);  // sums[b * 4 + r]
       for (int64_t b = 0; b < KB; ++b)
         for (int64_t r = 0; r < 4; ++r) {
-          T t = sums[lane_of[b * 4 + r]];
+          T t = sums[b * 4 + r];
           for (int64_t d = kv; d < K; ++d) t += Qs[r * K + d] * to_t<T>(kr[b][d]);
           St[(j + b) * ldj + r * ldr] = t;
         }

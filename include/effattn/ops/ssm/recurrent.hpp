@@ -44,7 +44,6 @@ void scan_channels_recurrent(const ScanArgs<T>& a, const Seq& q, int64_t d_lo, i
 #if EFFATTN_HAS_SIMD
   using V = simd::Vec<T>;
   constexpr int64_t L = simd::kLanes<T>;
-  const int* lanes = simd::haddp_lanes<T>();
   const bool whole = N % L == 0;  // N in whole registers: the block's channels reduce together
 #endif
   for (int64_t t = q.t0; t < q.t0 + q.len; ++t) {
@@ -77,7 +76,7 @@ void scan_channels_recurrent(const ScanArgs<T>& a, const Seq& q, int64_t d_lo, i
         }
         part[c] = vacc;
       }
-      simd::hsum_rows(part, lanes, acc + j);
+      simd::store(acc + j, simd::hsum_rows(part));
     }
 #endif
     for (; j < nb; ++j) {
