@@ -22,7 +22,9 @@
 // C (2K + 2V) with the triangles partly skipped (T and P stop at their diagonal, A' and P' at
 // the vector that holds it).
 // The state pass walks S in column blocks of 2 vectors ([K, 32] floats, L1-resident) and does
-// all five block products on a block before the next, so S is read from L2 once per chunk.
+// the four block products on a block before the next (Y = beta V - beta K e^Gc S; U = T Y;
+// O = Qd S + P U in one register tile, written straight to o; S = decay S + Kr^T U), so S is
+// read from L2 once per chunk.
 #pragma once
 
 #include <algorithm>
@@ -102,11 +104,31 @@ inline Lanes<T> lanes_min(const Lanes<T>& a, const Lanes<T>& b) {
 #endif
 }
 
-// One product C = init + A B on row-major storage:
+// Non-temporal store of one vector (64-byte aligned p): the chunk form's output rows are
+// written once and not read back, so they skip the read-for-ownership and do not evict the
+// next chunk's prefetched inputs from L2. Plain store where there is no 64-byte vector.
+template <class T>
+inline void lanes_store_stream(T* p, const Lanes<T>& v) {
+#if EFFATTN_HAS_SIMD && defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && simd::kLanes<T> == 16) {
+    _mm512_stream_ps(p, v);
+    return;
+  } else if constexpr (std::is_same_v<T, double> && simd::kLanes<T> == 8) {
+    _mm512_stream_pd(p, v);
+    return;
+  }
+#endif
+  lanes_store(p, v);
+}
+
+// One product C = init + A B (+ A2 B2) on row-major storage:
 //   A(m, kk) = a[m * ars + kk * acs]   (any strides: a row-major matrix or a transposed one)
 //   B[kk, j] = b[kk * ldb + j],  C[m, j] = c[m * ldc + j]
 //   init[m, j] = s_m * c0[m * ldc0 + j] with s_m = rs[m] (rs given) or s;  0 when c0 is null.
-// c0 may be c (in-place update: each tile reads its rows before it writes them).
+//   A2(m, kk) = a2[m * ars2 + kk], B2[kk, j] = b2[kk * ldb2 + j]: an optional second term
+//   (O = Qd S + P U in one tile, no init), its inner length given per row tile.
+// c0 may be c (in-place update: each tile reads its rows before it writes them). stream: C is
+// written with non-temporal stores (c and ldc must keep every vector 64-byte aligned).
 template <class T>
 struct Tile {
   const T* a;
@@ -119,19 +141,28 @@ struct Tile {
   int64_t ldc0 = 0;
   const T* rs = nullptr;
   T s = T(1);
+  const T* a2 = nullptr;
+  int64_t ars2 = 0;
+  const T* b2 = nullptr;
+  int64_t ldb2 = 0;
+  bool stream = false;
 };
 
 constexpr int kTileRows = 8;  // rows per register tile (8 x 2 vectors = 16 accumulators)
 
-// MR rows x NV vectors of C, inner length kn >= 1: A broadcast, one load of B per vector and
-// kk. kInit: C = s_m c0 + A B (added after the loop), else C = A B. Written so that GCC keeps
-// the accumulators in registers: fields copied to locals (a float store to c could alias
-// Tile::s), zero start, one loop path, no branch between the loop and the stores (any of
-// these made GCC 12 keep acc[][] on the stack, ~60 extra loads and stores per tile).
-template <class T, int MR, int NV, bool kInit>
-inline void tile_kernel(const Tile<T>& t, int64_t kn) {
+// Which tile_kernel: C = A B, C = init + A B, C = A B + A2 B2 (plain or streamed stores).
+enum class TileKind { kPlain, kInit, kTwo, kTwoStream };
+
+// MR rows x NV vectors of C, inner length kn >= 1 (and kn2 >= 1 for the second term): A
+// broadcast, one load of B per vector and kk. kInit adds s_m c0 after the loop. Written so
+// that GCC keeps the accumulators in registers: fields copied to locals (a float store to c
+// could alias Tile::s), zero start, no runtime branch between the loops and the stores (any
+// of these made GCC 12 keep acc[][] on the stack, ~60 extra loads and stores per tile).
+template <class T, int MR, int NV, TileKind kKind>
+inline void tile_kernel(const Tile<T>& t, int64_t kn, int64_t kn2) {
   using VT = Lanes<T>;
   constexpr int64_t L = simd::kLanes<T>;
+  constexpr bool kTwo = kKind == TileKind::kTwo || kKind == TileKind::kTwoStream;
   const T* a = t.a;
   const T* b = t.b;
   T* c = t.c;
@@ -153,31 +184,57 @@ inline void tile_kernel(const Tile<T>& t, int64_t kn) {
       for (int j = 0; j < NV; ++j) acc[m][j] = lanes_fma(am, bv[j], acc[m][j]);
     }
   } while (++kk < kn);
+  if constexpr (kTwo) {
+    const T* a2 = t.a2;
+    const T* b2 = t.b2;
+    const int64_t ars2 = t.ars2, ldb2 = t.ldb2;
+    kk = 0;
+    do {
+      VT bv[NV];
+      for (int j = 0; j < NV; ++j) bv[j] = lanes_load(b2 + kk * ldb2 + j * L);
+      for (int m = 0; m < MR; ++m) {
+        const VT am(a2[m * ars2 + kk]);  // C[m, :] += A2(m, kk) B2[kk, :]
+        for (int j = 0; j < NV; ++j) acc[m][j] = lanes_fma(am, bv[j], acc[m][j]);
+      }
+    } while (++kk < kn2);
+  }
   for (int m = 0; m < MR; ++m) {
     for (int j = 0; j < NV; ++j) {
-      if constexpr (kInit)  // C[m, :] = s_m C0[m, :] + acc  (c0 may be c: read before write)
+      if constexpr (kKind == TileKind::kInit)  // C[m, :] = s_m C0[m, :] + acc (c0 may be c)
         acc[m][j] = lanes_fma(VT(rs[m * rstep]), lanes_load(c0 + m * ldc0 + j * L), acc[m][j]);
-      lanes_store(c + m * ldc + j * L, acc[m][j]);
+      if constexpr (kKind == TileKind::kTwoStream) {
+        lanes_store_stream(c + m * ldc + j * L, acc[m][j]);
+      } else {
+        lanes_store(c + m * ldc + j * L, acc[m][j]);
+      }
     }
   }
 }
 
 // tile_kernel for a runtime row count mr in [1, R].
-template <class T, int NV, int R = kTileRows>
-inline void tile_rows(int mr, const Tile<T>& t, int64_t kn) {
-  if (mr == R) {
-    if (t.c0 != nullptr) return tile_kernel<T, R, NV, true>(t, kn);
-    return tile_kernel<T, R, NV, false>(t, kn);
-  }
-  if constexpr (R > 1) tile_rows<T, NV, R - 1>(mr, t, kn);
+template <class T, int NV, TileKind kKind, int R = kTileRows>
+inline void tile_rows(int mr, const Tile<T>& t, int64_t kn, int64_t kn2) {
+  if (mr == R) return tile_kernel<T, R, NV, kKind>(t, kn, kn2);
+  if constexpr (R > 1) tile_rows<T, NV, kKind, R - 1>(mr, t, kn, kn2);
 }
 
-// C[M, N] = init + A B with N a multiple of the lane count, in column blocks of 2 vectors (the
-// block of B stays in L1 across the row tiles). Rows [m0, m0 + mr) use the inner length
-// kn(m0, mr) (a lower-triangular A ends at its diagonal) and need only the columns below
-// ncol(m0, mr) (a lower-triangular C; the columns past it are left as they are).
-template <class T, class Kn, class Ncol>
-void tile_product(int64_t M, int64_t N, const Tile<T>& t, Kn&& kn, Ncol&& ncol) {
+template <class T, int NV>
+inline void tile_dispatch(int mr, const Tile<T>& t, int64_t kn, int64_t kn2) {
+  if (t.a2 != nullptr) {
+    if (t.stream) return tile_rows<T, NV, TileKind::kTwoStream>(mr, t, kn, kn2);
+    return tile_rows<T, NV, TileKind::kTwo>(mr, t, kn, kn2);
+  }
+  if (t.c0 != nullptr) return tile_rows<T, NV, TileKind::kInit>(mr, t, kn, kn2);
+  tile_rows<T, NV, TileKind::kPlain>(mr, t, kn, kn2);
+}
+
+// C[M, N] = init + A B (+ A2 B2) with N a multiple of the lane count, in column blocks of 2
+// vectors (the block of B stays in L1 across the row tiles). Rows [m0, m0 + mr) use the inner
+// lengths kn(m0, mr) and kn2(m0, mr) (a lower-triangular A ends at its diagonal) and need only
+// the columns below ncol(m0, mr) (a lower-triangular C; the columns past it are left as they
+// are).
+template <class T, class Kn, class Ncol, class Kn2>
+void tile_product(int64_t M, int64_t N, const Tile<T>& t, Kn&& kn, Ncol&& ncol, Kn2&& kn2) {
   constexpr int64_t L = simd::kLanes<T>;
   for (int64_t j0 = 0; j0 < N; j0 += 2 * L) {
     for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
@@ -191,13 +248,21 @@ void tile_product(int64_t M, int64_t N, const Tile<T>& t, Kn&& kn, Ncol&& ncol) 
       s.c += m0 * t.ldc + j0;
       if (t.c0 != nullptr) s.c0 += m0 * t.ldc0 + j0;
       if (t.rs != nullptr) s.rs += m0;
+      if (t.a2 != nullptr) {
+        s.a2 += m0 * t.ars2;
+        s.b2 += j0;
+      }
       if (two) {
-        tile_rows<T, 2>(mr, s, kn(m0, mr));
+        tile_dispatch<T, 2>(mr, s, kn(m0, mr), kn2(m0, mr));
       } else {
-        tile_rows<T, 1>(mr, s, kn(m0, mr));
+        tile_dispatch<T, 1>(mr, s, kn(m0, mr), kn2(m0, mr));
       }
     }
   }
+}
+template <class T, class Kn, class Ncol>
+void tile_product(int64_t M, int64_t N, const Tile<T>& t, Kn&& kn, Ncol&& ncol) {
+  tile_product(M, N, t, kn, ncol, [](int64_t, int) { return int64_t(0); });
 }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -305,7 +370,7 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
                           K);  // [2C, K] rows 0..c: k (KDA: k e^(Gc-ref)), C..C+c: scale q (..)
         std::vector<T> KT(K * Cp, T(0));       // [K, Cp] k^T (KDA: (k e^(ref-Gc))^T)
         std::vector<T> Kf(kChan ? C * K : 0);  // [C, K] KDA: k e^(ref-Gc), transposed to KT
-        std::vector<T> Qd(kChan ? C * K : 0);  // [C, K] KDA: scale q e^Gc (per channel)
+        std::vector<T> Qd(G == DeltaRuleGate::kNone ? 0 : C * K);  // [C, K] scale q e^Gc
         std::vector<T> Kr(G == DeltaRuleGate::kNone ? 0 : C * K);  // [C, K] k e^(Gc_last-Gc)
         std::vector<T> BKV(C * KVp, T(0));  // [C, Kp + Vp] -beta k e^Gc | beta v
         std::vector<T> U(C * Vp, T(0));     // [C, Vp] the chunk's u rows
@@ -319,9 +384,22 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
         std::vector<T> bt(C), e1(std::max(K, C)), e2(K), ref(K), mn(K), mx(K), dec(K);
         if (!initial_state.empty())
           copy_state(initial_state.ptr(n, hv), initial_state.stride(2), S.data(), Vp, K, V);
-        // Query side of Q S: KDA's Qd, else scale q (GDN's e^Gc_i is a row scale of Q S).
-        const T* Qdp = kChan ? Qd.data() : LQ.data() + C * K;
-        const T* o_rs = G == DeltaRuleGate::kScalar ? eg.data() : nullptr;
+        // Query side of Q S: scale q e^Gc (DeltaNet: scale q).
+        // Y's init beta v reads v's rows in place when they are whole vectors (else a copy
+        // padded to Vp).
+        const bool v_rows = V % L == 0;
+        const T* Qdp = G == DeltaRuleGate::kNone ? LQ.data() + C * K : Qd.data();
+        // o's rows are written with non-temporal stores when o is large (the op never reads
+        // them back; past a core's L2 they would not stay cached anyway) and every vector
+        // is 64-byte aligned. GDN T = 2048, H = 16, K = V = 128 (o 16 MB): 23.7 -> 22.8-22.9
+        // ms (1 thread), 12.5-12.7 -> 11.8-11.9 (2 threads).
+        const int64_t ldo = o.stride(1);
+        const bool o_stream = simd::kLanes<T> * int64_t(sizeof(T)) == 64 &&
+                              pr.B * pr.T * pr.HV * V * int64_t(sizeof(T)) >= (int64_t(4) << 20) &&
+                              reinterpret_cast<std::uintptr_t>(o.data()) % 64 == 0 &&
+                              (ldo * int64_t(sizeof(T))) % 64 == 0 &&
+                              (o.stride(2) * int64_t(sizeof(T))) % 64 == 0 &&
+                              (o.stride(0) * int64_t(sizeof(T))) % 64 == 0;
         const T* Krp = G == DeltaRuleGate::kNone ? LQ.data() : Kr.data();
 
         const int64_t t_begin = pr.begin(n), t_end = pr.end(n);
@@ -364,7 +442,14 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
           }
           const T* g_last = Gc.data() + (c - 1) * GK;
 
-          // Gather the chunk's rows in the forms the products read.
+          // Gather the chunk's rows in the forms the products read. v's rows (read in place by
+          // Y's init) are asked into L1 first: they were asked into L2 a chunk ahead, yet the
+          // first reads of v stalled (~7% of the time at 1 thread); GDN T = 2048: -0.3-0.5 ms.
+          for (int64_t i = 0; i < c; ++i) {
+            const char* vr = reinterpret_cast<const char*>(v.ptr(b, t0 + i, hv));
+            for (int64_t x = 0; x < V * int64_t(sizeof(T)); x += 64)
+              __builtin_prefetch(vr + x, 0, 3);
+          }
           for (int64_t i = 0; i < c; ++i) {
             const int64_t t = t0 + i;
             T* lk = LQ.data() + i * K;        // key side of A and P
@@ -375,16 +460,22 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
             bt[i] = bi;
             const T* vi = rd.v_row(b, t, hv);
             T* bkv = BKV.data() + i * KVp;
-            for (int64_t x = 0; x < V; ++x) bkv[Kp + x] = bi * vi[x];  // beta v
+            if (!v_rows)
+              for (int64_t x = 0; x < V; ++x) bkv[Kp + x] = bi * vi[x];  // beta v
             if constexpr (G == DeltaRuleGate::kNone) {
               for (int64_t x = 0; x < K; ++x) bkv[x] = -bi * lk[x];  // -beta k
             }
             if constexpr (G == DeltaRuleGate::kScalar) {
-              const T ri = er[i], nb = -bi * eg[i];
-              T* kr = Kr.data() + i * K;
+              const T ri = er[i], nb = -bi * eg[i], ei = eg[i];
+              T* __restrict kr = Kr.data() + i * K;
+              T* __restrict qd = Qd.data() + i * K;
+              T* __restrict bk = bkv;
+              const T* __restrict lkr = lk;
+              const T* __restrict lqr = lq;
               for (int64_t x = 0; x < K; ++x) {
-                kr[x] = ri * lk[x];   // k e^(Gc_last - Gc)
-                bkv[x] = nb * lk[x];  // -beta k e^Gc
+                kr[x] = ri * lkr[x];  // k e^(Gc_last - Gc)
+                bk[x] = nb * lkr[x];  // -beta k e^Gc
+                qd[x] = ei * lqr[x];  // scale q e^Gc
               }
             }
             if constexpr (kChan) {
@@ -456,7 +547,6 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
           //   O  = Qd S + P U                S = decay S + Kr^T U  (decay e^(Gc_last), per row
           //                                  for KDA)
           T* out = o.ptr(b, t0, hv);
-          const int64_t ldo = o.stride(1);
           T dec_s = T(1);
           const T* dec_rows = nullptr;
           if constexpr (G == DeltaRuleGate::kScalar) dec_s = std::exp(g_last[0]);
@@ -479,14 +569,21 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
             const int64_t hi = std::min(t0 + c + C * (blk + 1) / nb, t_end);
             for (int64_t t = lo; t < hi; ++t) rd.prefetch_l2(b, t, hv);
             // Y = beta v + (-beta k e^Gc) S, then U = T Y
-            tile_product(
-                c, w,
-                Tile<T>{BKV.data(), KVp, 1, Sb, Vp, Yb.data(), 2 * L, BKV.data() + Kp + j0, KVp},
-                full_k, cols);
+            tile_product(c, w,
+                         v_rows ? Tile<T>{BKV.data(), KVp, 1, Sb, Vp, Yb.data(), 2 * L,
+                                          v.ptr(b, t0, hv) + j0, v.stride(1), bt.data()}
+                                : Tile<T>{BKV.data(), KVp, 1, Sb, Vp, Yb.data(), 2 * L,
+                                          BKV.data() + Kp + j0, KVp},
+                         full_k, cols);
             tile_product(c, w, Tile<T>{Tm.data(), Cp, 1, Yb.data(), 2 * L, Ub, Vp}, tri, cols);
-            // O = Qd S, then O = P U + O  (GDN: O = Q S, then O = P U + diag(e^Gc) O)
-            tile_product(c, w, Tile<T>{Qdp, K, 1, Sb, Vp, Obk, ldob}, full_k, cols);
-            tile_product(c, w, Tile<T>{P, Cp, 1, Ub, Vp, Obk, ldob, Obk, ldob, o_rs}, tri, cols);
+            // O = Qd S + P U, one tile (P lower: its term stops at the diagonal)
+            Tile<T> ot{Qdp, K, 1, Sb, Vp, Obk, ldob};
+            ot.a2 = P;
+            ot.ars2 = Cp;
+            ot.b2 = Ub;
+            ot.ldb2 = Vp;
+            ot.stream = direct && o_stream;
+            tile_product(c, w, ot, full_k, cols, tri);
             // S = decay S + Kr^T U
             auto chunk_len = [c](int64_t, int) { return c; };
             tile_product(K, w, Tile<T>{Krp, 1, K, Ub, Vp, Sb, Vp, Sb, Vp, dec_rows, dec_s},
@@ -505,6 +602,9 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
                        p.snapshots.stride(3), K, V);
           }
         }
+#if EFFATTN_HAS_SIMD && defined(__AVX512F__)
+        if (o_stream) _mm_sfence();  // the streamed rows are visible before the task ends
+#endif
         if (!final_state.empty())
           copy_state(S.data(), Vp, final_state.ptr(n, hv), final_state.stride(2), K, V);
       },
