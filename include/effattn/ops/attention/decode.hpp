@@ -98,7 +98,7 @@ inline T dot_as(const T* q, const S* k, int64_t n) {
 // block of keys j .. (a place to issue prefetches spread over the FMAs).
 template <class T, class KRow, class Hook>
 inline void scores_4rows(const T* Qs, int64_t K, int64_t bk, KRow&& krow, T* St, int64_t ldj,
-                         int64_t ldr, Hook&& hook) {
+                         int64_t ldr, [[maybe_unused]] Hook&& hook) {
   int64_t j = 0;
 #if EFFATTN_HAS_SIMD
   constexpr int64_t L = kL<T>;
