@@ -1,6 +1,6 @@
 // Delta-rule family benchmarks (float, B = 1, H = HV = 16, K = V = 128, L2-normalised q/k).
 //
-//   prefill_chunk<gate>      delta_rule_chunk      (ops/delta_rule/chunk.hpp, C = 32): Gated
+//   prefill_chunk<gate>      delta_rule_chunk      (ops/delta_rule/chunk.hpp, C = 16): Gated
 //                            DeltaNet (scalar g) and KDA (per-channel g), T in {2048, 8192}
 //                            (+ 32768 with EFFATTN_BENCH_LONG=1)
 //   prefill_recurrent<gate>  delta_rule_recurrent  (ops/delta_rule/recurrent.hpp) on the same
@@ -26,7 +26,7 @@ using effattn::bench::random_tensor;
 using effattn::bench::set_rates;
 using effattn::bench::use_threads;
 
-constexpr int64_t kH = 16, kK = 128, kV = 128, kC = 32;
+constexpr int64_t kH = 16, kK = 128, kV = 128, kC = 16;
 
 struct Inputs {
   Tensor<float> q, k, v, beta, g, S0, S1, o;

@@ -344,6 +344,56 @@ void unit_lower_inverse(const T* A, T* Tm, int64_t ld, int64_t c) {
   }
 }
 
+// dst row i = f_i src_i for the n rows src[i] of length K, with f_i = mul / sqrt(|src_i|^2 +
+// eps) when l2 (else mul); f [n] receives the f_i. The sums of squares of all rows are formed
+// first and reduced L rows at a time by hsum_rows: one row at a time (TokenReader's q_row /
+// k_row) each row waited on its own dot -> sqrt -> divide chain, 7.6% of the GDN chunk form.
+template <class T>
+void scaled_rows(const T* const* src, int64_t n, int64_t K, T mul, bool l2, T eps, T* dst,
+                 int64_t ldd, T* f) {
+  int64_t i0 = 0;
+  if (!l2) {
+    std::fill(f, f + n, mul);
+    i0 = n;
+  }
+#if EFFATTN_HAS_SIMD
+  using VT = Lanes<T>;
+  constexpr int64_t L = simd::kLanes<T>;
+  for (; i0 + L <= n; i0 += L) {
+    VT ss[L];
+    alignas(64) T tail[L];
+    for (int64_t r = 0; r < L; ++r) {
+      const T* s = src[i0 + r];
+      VT a0(T(0)), a1(T(0));
+      int64_t x = 0;
+      for (; x + 2 * L <= K; x += 2 * L) {
+        const VT u = lanes_load(s + x), w = lanes_load(s + x + L);
+        a0 = lanes_fma(u, u, a0);
+        a1 = lanes_fma(w, w, a1);
+      }
+      if (x + L <= K) {
+        const VT u = lanes_load(s + x);
+        a0 = lanes_fma(u, u, a0);
+        x += L;
+      }
+      T t = T(0);
+      for (; x < K; ++x) t += s[x] * s[x];
+      tail[r] = t;
+      ss[r] = a0 + a1;
+    }
+    const VT tot = simd::hsum_rows(ss) + VT::load_aligned(tail) + VT(eps);
+    lanes_store(f + i0, VT(mul) / xsimd::sqrt(tot));
+  }
+#endif
+  for (; i0 < n; ++i0) f[i0] = mul / std::sqrt(simd::dot(src[i0], src[i0], K) + eps);
+  for (int64_t i = 0; i < n; ++i) {
+    const T fi = f[i];
+    const T* __restrict s = src[i];
+    T* __restrict d = dst + i * ldd;
+    for (int64_t x = 0; x < K; ++x) d[x] = fi * s[x];
+  }
+}
+
 template <class T, DeltaRuleGate G>
 void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
                 const TensorView<const T>& v, const TensorView<const T>& beta,
@@ -382,6 +432,7 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
         std::vector<T> Gr(C * GK), Gc(std::max(C * GK, Cp), T(0));
         std::vector<T> eg(Cp), er(Cp);  // scalar gate: e^Gc_i, e^(Gc_last - Gc_i)
         std::vector<T> bt(C), e1(std::max(K, C)), e2(K), ref(K), mn(K), mx(K), dec(K);
+        std::vector<const T*> rows(C);  // the chunk's raw q or k rows
         if (!initial_state.empty())
           copy_state(initial_state.ptr(n, hv), initial_state.stride(2), S.data(), Vp, K, V);
         // Query side of Q S: scale q e^Gc (DeltaNet: scale q).
@@ -450,12 +501,18 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
             for (int64_t x = 0; x < V * int64_t(sizeof(T)); x += 64)
               __builtin_prefetch(vr + x, 0, 3);
           }
+          // Rows 0..c of LQ: k (normalised if asked), rows C..C+c: scale q (the same).
+          const int64_t h = rd.qk_head(hv);
+          for (int64_t i = 0; i < c; ++i) rows[i] = k.ptr(b, t0 + i, h);
+          scaled_rows(rows.data(), c, K, T(1), p.use_qk_l2norm, p.l2norm_eps, LQ.data(), K,
+                      e1.data());
+          for (int64_t i = 0; i < c; ++i) rows[i] = q.ptr(b, t0 + i, h);
+          scaled_rows(rows.data(), c, K, scale, p.use_qk_l2norm, p.l2norm_eps, LQ.data() + C * K, K,
+                      e1.data());
           for (int64_t i = 0; i < c; ++i) {
             const int64_t t = t0 + i;
             T* lk = LQ.data() + i * K;        // key side of A and P
             T* lq = LQ.data() + (C + i) * K;  // query side of P
-            rd.q_row(b, t, hv, lq, scale);
-            rd.k_row(b, t, hv, lk);
             const T bi = rd.beta(b, t, hv);
             bt[i] = bi;
             const T* vi = rd.v_row(b, t, hv);
