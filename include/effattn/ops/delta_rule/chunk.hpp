@@ -150,8 +150,9 @@ struct Tile {
 
 constexpr int kTileRows = 8;  // rows per register tile (8 x 2 vectors = 16 accumulators)
 
-// Which tile_kernel: C = A B, C = init + A B, C = A B + A2 B2 (plain or streamed stores).
-enum class TileKind { kPlain, kInit, kTwo, kTwoStream };
+// Which tile_kernel: C = A B, C = init + A B (kInitT: A's columns contiguous, ars = 1), C = A B +
+// A2 B2 (plain or streamed stores).
+enum class TileKind { kPlain, kInit, kInitT, kTwo, kTwoStream };
 
 // MR rows x NV vectors of C, inner length kn >= 1 (and kn2 >= 1 for the second term): A
 // broadcast, one load of B per vector and kk. kInit adds s_m c0 after the loop. Written so
@@ -163,11 +164,16 @@ inline void tile_kernel(const Tile<T>& t, int64_t kn, int64_t kn2) {
   using VT = Lanes<T>;
   constexpr int64_t L = simd::kLanes<T>;
   constexpr bool kTwo = kKind == TileKind::kTwo || kKind == TileKind::kTwoStream;
+  constexpr bool kInit = kKind == TileKind::kInit || kKind == TileKind::kInitT;
   const T* a = t.a;
   const T* b = t.b;
   T* c = t.c;
   const T* c0 = t.c0;
-  const int64_t ars = t.ars, acs = t.acs, ldb = t.ldb, ldc = t.ldc, ldc0 = t.ldc0;
+  // A's row stride as a constant when 1 (the S update's Kr^T): one address register for the
+  // MR broadcasts instead of MR, which left GCC 12 two registers short in that loop (spilled
+  // to xmm inside it).
+  const int64_t ars = kKind == TileKind::kInitT ? 1 : t.ars;
+  const int64_t acs = t.acs, ldb = t.ldb, ldc = t.ldc, ldc0 = t.ldc0;
   const T s = t.s;
   const T* rs = t.rs != nullptr ? t.rs : &s;  // row m's scale rs[m * rstep]
   const int64_t rstep = t.rs != nullptr ? 1 : 0;
@@ -200,7 +206,7 @@ inline void tile_kernel(const Tile<T>& t, int64_t kn, int64_t kn2) {
   }
   for (int m = 0; m < MR; ++m) {
     for (int j = 0; j < NV; ++j) {
-      if constexpr (kKind == TileKind::kInit)  // C[m, :] = s_m C0[m, :] + acc (c0 may be c)
+      if constexpr (kInit)  // C[m, :] = s_m C0[m, :] + acc (c0 may be c)
         acc[m][j] = lanes_fma(VT(rs[m * rstep]), lanes_load(c0 + m * ldc0 + j * L), acc[m][j]);
       if constexpr (kKind == TileKind::kTwoStream) {
         lanes_store_stream(c + m * ldc + j * L, acc[m][j]);
@@ -224,7 +230,10 @@ inline void tile_dispatch(int mr, const Tile<T>& t, int64_t kn, int64_t kn2) {
     if (t.stream) return tile_rows<T, NV, TileKind::kTwoStream>(mr, t, kn, kn2);
     return tile_rows<T, NV, TileKind::kTwo>(mr, t, kn, kn2);
   }
-  if (t.c0 != nullptr) return tile_rows<T, NV, TileKind::kInit>(mr, t, kn, kn2);
+  if (t.c0 != nullptr) {
+    if (t.ars == 1) return tile_rows<T, NV, TileKind::kInitT>(mr, t, kn, kn2);
+    return tile_rows<T, NV, TileKind::kInit>(mr, t, kn, kn2);
+  }
   tile_rows<T, NV, TileKind::kPlain>(mr, t, kn, kn2);
 }
 
