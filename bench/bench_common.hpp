@@ -1,5 +1,5 @@
 // Shared by every benchmark binary: random inputs, rate counters, and the same-run roofline
-// (Eigen sgemm GFLOP/s, triad GB/s) so that every figure can be read as a ratio.
+// (FMA peak and Eigen sgemm GFLOP/s, triad GB/s) so that every figure can be read as a ratio.
 //
 // A benchmark binary calls EFFATTN_BENCH_ROOFLINE() once (at namespace scope) to register the
 // roofline cases beside its own; `roofline` itself runs only those, with bigger sizes.
@@ -70,6 +70,38 @@ inline void roofline_sgemm(benchmark::State& state) {
   state.SetLabel(effattn::simd::isa_name());
 }
 
+// Roofline: the cores' float FMA peak (no memory: 12 independent register accumulators, a
+// chain of fused multiply-adds each) per thread, summed over threads. Eigen's sgemm reaches
+// ~65% of it on the Zen 5 development machine; kernels whose operands stay in L1 can beat
+// sgemm. Args: {threads}.
+inline void roofline_fma(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  use_threads(threads);
+#if EFFATTN_HAS_SIMD
+  using V = simd::Vec<float>;
+  auto fma = [](const V& a, const V& b, const V& c) { return xsimd::fma(a, b, c); };
+#else
+  using V = float;
+  auto fma = [](float a, float b, float c) { return a * b + c; };
+#endif
+  constexpr int64_t kIters = 1 << 20, kAcc = 12;
+  for (auto _ : state) {
+    effattn::parallel_for(
+        0, threads,
+        [&](int64_t t) {
+          V acc[kAcc];
+          for (int i = 0; i < kAcc; ++i) acc[i] = V(1.0f + 1e-3f * float(i + t));
+          const V m(0.999999f), c(1e-7f);
+          for (int64_t it = 0; it < kIters; ++it)
+            for (int i = 0; i < kAcc; ++i) acc[i] = fma(acc[i], m, c);
+          for (int i = 0; i < kAcc; ++i) benchmark::DoNotOptimize(acc[i]);
+        },
+        threads);
+  }
+  set_rates(state, 2.0 * kIters * kAcc * simd::kLanes<float> * threads);
+  state.SetLabel(effattn::simd::isa_name());
+}
+
 // Roofline: a[i] = b[i] + s * c[i] (STREAM triad) over 3 arrays of `mib` MiB each, split across
 // threads. GB/s counts 3 arrays moved (2 read, 1 written). Args: {mib, threads}.
 inline void roofline_triad(benchmark::State& state) {
@@ -99,6 +131,12 @@ inline void roofline_triad(benchmark::State& state) {
 
 // Registers the same-run roofline beside a binary's own cases (small sizes: a few seconds).
 #define EFFATTN_BENCH_ROOFLINE()            \
+  BENCHMARK(effattn::bench::roofline_fma)   \
+      ->ArgNames({"threads"})               \
+      ->Arg(1)                              \
+      ->Arg(2)                              \
+      ->Unit(benchmark::kMillisecond)       \
+      ->UseRealTime();                      \
   BENCHMARK(effattn::bench::roofline_sgemm) \
       ->ArgNames({"n", "threads"})          \
       ->Args({1024, 1})                     \
