@@ -353,6 +353,29 @@ void unit_lower_inverse(const T* A, T* Tm, int64_t ld, int64_t c) {
   }
 }
 
+// max over ch < n of max(mx[ch], g[ch]) - min(mn[ch], g[ch]): the widest per-channel range of
+// the log-gate cumsum if row g joins a KDA chunk. Vector max / min: the scalar loop was one
+// dependent max per channel, 8% of the KDA chunk form.
+template <class T>
+T channel_range(const T* mn, const T* mx, const T* g, int64_t n) {
+  T worst = T(0);
+  int64_t ch = 0;
+#if EFFATTN_HAS_SIMD
+  using VT = Lanes<T>;
+  constexpr int64_t L = simd::kLanes<T>;
+  if (n >= L) {
+    VT w(T(0));
+    for (; ch + L <= n; ch += L) {
+      const VT gv = lanes_load(g + ch);
+      w = xsimd::max(w, xsimd::max(lanes_load(mx + ch), gv) - xsimd::min(lanes_load(mn + ch), gv));
+    }
+    worst = simd::hmax(w);
+  }
+#endif
+  for (; ch < n; ++ch) worst = std::max(worst, std::max(mx[ch], g[ch]) - std::min(mn[ch], g[ch]));
+  return worst;
+}
+
 // dst row i = f_i src_i for the n rows src[i] of length K, with f_i = mul / sqrt(|src_i|^2 +
 // eps) when l2 (else mul); f [n] receives the f_i. The sums of squares of all rows are formed
 // first and reduced L rows at a time by hsum_rows: one row at a time (TokenReader's q_row /
@@ -485,17 +508,13 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
             std::copy(Gc.begin(), Gc.begin() + K, mn.begin());
             std::copy(Gc.begin(), Gc.begin() + K, mx.begin());
             for (int64_t i = 1; i < c; ++i) {
-              const T* gi = Gc.data() + i * K;
-              T worst = 0;
-              for (int64_t ch = 0; ch < K; ++ch)
-                worst = std::max(worst, std::max(mx[ch], gi[ch]) - std::min(mn[ch], gi[ch]));
-              if (!(worst <= safe)) {
+              if (!(channel_range(mn.data(), mx.data(), Gc.data() + i * K, K) <= safe)) {
                 c = i;
                 break;
               }
               for (int64_t ch = 0; ch < K; ++ch) {
-                mn[ch] = std::min(mn[ch], gi[ch]);
-                mx[ch] = std::max(mx[ch], gi[ch]);
+                mn[ch] = std::min(mn[ch], Gc[i * K + ch]);
+                mx[ch] = std::max(mx[ch], Gc[i * K + ch]);
               }
             }
             for (int64_t ch = 0; ch < K; ++ch) ref[ch] = T(0.5) * (mn[ch] + mx[ch]);
