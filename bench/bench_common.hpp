@@ -19,7 +19,10 @@
 #include <omp.h>
 #endif
 #if defined(EIGEN_USE_BLAS)
-extern "C" void openblas_set_num_threads(int);
+// Whichever BLAS is linked (OpenBLAS or BLIS) has its own thread-count setter; weak, so the
+// other's is null.
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" void bli_thread_set_num_threads(int64_t) __attribute__((weak));
 #endif
 
 namespace effattn::bench {
@@ -51,7 +54,8 @@ inline void use_threads(int n) {
   omp_set_num_threads(n);
 #endif
 #if defined(EIGEN_USE_BLAS)
-  openblas_set_num_threads(n);
+  if (openblas_set_num_threads != nullptr) openblas_set_num_threads(n);
+  if (bli_thread_set_num_threads != nullptr) bli_thread_set_num_threads(n);
 #endif
 }
 

@@ -12,7 +12,8 @@
 // Eigen's own OpenMP parallelisation is bypassed on purpose: it would ignore effattn's thread
 // count and, called outside a parallel region, spread every small chunk product over all cores.
 // This calls Eigen's general_matrix_matrix_product (the kernel behind Eigen's products and its
-// BLAS interface); with EFFATTN_USE_BLAS (EIGEN_USE_BLAS) Eigen forwards it to OpenBLAS.
+// BLAS interface); with EFFATTN_USE_BLAS (EIGEN_USE_BLAS) Eigen forwards it to the BLAS linked
+// (OpenBLAS, or BLIS with -DBLA_VENDOR=FLAME).
 #pragma once
 
 #include <Eigen/Core>
