@@ -207,7 +207,7 @@ KimiDeltaAttention<T, S> make_kda(const KdaConfig& c, uint64_t seed = 7) {
 // The checks every test runs for both layers, given a maker and a reference.
 template <class Make, class Ref, class Config>
 void check_matches_reference(const Config& c, Make make, Ref ref) {
-  for (int64_t Tn : {7, 37, 100}) {  // the op's kAuto: recurrent below 16 tokens, chunk above
+  for (int64_t Tn : {7, 37, 100}) {  // the op's kAuto: recurrent below 8 tokens, chunk above
     const auto Ld = make(c, double{});
     const Tensor<double> x = random_tensor<double>({2, Tn, c.hidden}, 3 + Tn);
     const Tensor<double> r = ref(Ld, x);

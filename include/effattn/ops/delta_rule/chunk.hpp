@@ -447,7 +447,11 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
       [&](int64_t task) {
         const int64_t n = task / pr.HV, hv = task % pr.HV, b = pr.batch(n);
         // Per-task scratch, allocated once.
-        std::vector<T> S(K * Vp, T(0));  // [K, Vp] state
+        // [K, lds] state. Rows one vector longer than Vp when Vp spans whole 64-byte lines: at a
+        // row stride of 512 B (V = 128 floats) a column block's 256 lines fall into 16 of L1's 64
+        // sets, 16 per set against 12 ways; at 576 B they spread over all 64.
+        const int64_t lds = Vp + (Vp * int64_t(sizeof(T)) % 256 == 0 ? L : 0);
+        std::vector<T> S(K * lds, T(0));
         std::vector<T> LQ(2 * C *
                           K);  // [2C, K] rows 0..c: k (KDA: k e^(Gc-ref)), C..C+c: scale q (..)
         std::vector<T> KT(K * Cp, T(0));       // [K, Cp] k^T (KDA: (k e^(ref-Gc))^T)
@@ -466,7 +470,7 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
         std::vector<T> bt(C), e1(std::max(K, C)), e2(K), ref(K), mn(K), mx(K), dec(K);
         std::vector<const T*> rows(C);  // the chunk's raw q or k rows
         if (!initial_state.empty())
-          copy_state(initial_state.ptr(n, hv), initial_state.stride(2), S.data(), Vp, K, V);
+          copy_state(initial_state.ptr(n, hv), initial_state.stride(2), S.data(), lds, K, V);
         // Query side of Q S: scale q e^Gc (DeltaNet: scale q).
         // Y's init beta v reads v's rows in place when they are whole vectors (else a copy
         // padded to Vp).
@@ -655,14 +659,14 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
             for (int64_t t = lo; t < hi; ++t) rd.prefetch_l2(b, t, hv);
             // Y = beta v + (-beta k e^Gc) S, then U = T Y
             tile_product(c, w,
-                         v_rows ? Tile<T>{BKV.data(), KVp, 1, Sb, Vp, Yb.data(), 2 * L,
+                         v_rows ? Tile<T>{BKV.data(), KVp, 1, Sb, lds, Yb.data(), 2 * L,
                                           v.ptr(b, t0, hv) + j0, v.stride(1), bt.data()}
-                                : Tile<T>{BKV.data(), KVp, 1, Sb, Vp, Yb.data(), 2 * L,
+                                : Tile<T>{BKV.data(), KVp, 1, Sb, lds, Yb.data(), 2 * L,
                                           BKV.data() + Kp + j0, KVp},
                          full_k, cols);
             tile_product(c, w, Tile<T>{Tm.data(), Cp, 1, Yb.data(), 2 * L, Ub, Vp}, tri, cols);
             // O = Qd S + P U, one tile (P lower: its term stops at the diagonal)
-            Tile<T> ot{Qdp, K, 1, Sb, Vp, Obk, ldob};
+            Tile<T> ot{Qdp, K, 1, Sb, lds, Obk, ldob};
             ot.a2 = P;
             ot.ars2 = Cp;
             ot.b2 = Ub;
@@ -671,7 +675,7 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
             tile_product(c, w, ot, full_k, cols, tri);
             // S = decay S + Kr^T U
             auto chunk_len = [c](int64_t, int) { return c; };
-            tile_product(K, w, Tile<T>{Krp, 1, K, Ub, Vp, Sb, Vp, Sb, Vp, dec_rows, dec_s},
+            tile_product(K, w, Tile<T>{Krp, 1, K, Ub, Vp, Sb, lds, Sb, lds, dec_rows, dec_s},
                          chunk_len, cols);
             if (!direct) {
               for (int64_t i = 0; i < c; ++i)
@@ -683,7 +687,7 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
           t0 += c;
           const int64_t done = t0 - t_begin;
           if (p.snapshot_every > 0 && done % p.snapshot_every == 0) {
-            copy_state(S.data(), Vp, p.snapshots.ptr(n, done / p.snapshot_every - 1, hv),
+            copy_state(S.data(), lds, p.snapshots.ptr(n, done / p.snapshot_every - 1, hv),
                        p.snapshots.stride(3), K, V);
           }
         }
@@ -691,7 +695,7 @@ void chunk_impl(const TensorView<const T>& q, const TensorView<const T>& k,
         if (o_stream) _mm_sfence();  // the streamed rows are visible before the task ends
 #endif
         if (!final_state.empty())
-          copy_state(S.data(), Vp, final_state.ptr(n, hv), final_state.stride(2), K, V);
+          copy_state(S.data(), lds, final_state.ptr(n, hv), final_state.stride(2), K, V);
       },
       p.num_threads);
 }

@@ -19,11 +19,11 @@
 
 namespace effattn {
 
-// Dispatches to the form params.algo names. kAuto runs the chunked form for sequences of >= 16
-// tokens on average and the recurrent form for decode and short speculative verification. H = 16,
-// K = V = 128, 2 threads, state updated in place (us): GDN T = 1 chunk 46 / recurrent 16,
-// T = 4 64 / 42, T = 6 57 / 50-60, T = 8 65 / 78, T = 16 97 / 154, T = 32 172 / 300 (KDA alike;
-// the chunk form's fixed cost is its state copy and scratch); T = 2048 10 ms vs 22 ms.
+// Dispatches to the form params.algo names. kAuto runs the chunked form for sequences of >= 8
+// tokens on average and the recurrent form for decode and short speculative verification. GDN,
+// H = 16, K = V = 128, 2 threads, state updated in place, chunk / recurrent (us): T = 1 46 / 16,
+// T = 4 64 / 42, T = 6 57 / 50-60, T = 8 65 / 78, T = 16 97 / 154, T = 32 172 / 300 (KDA
+// alike); T = 2048 10 ms / 22 ms.
 template <class T>
 void delta_rule_forward(TensorView<const T> q, TensorView<const T> k, TensorView<const T> v,
                         TensorView<const T> beta, TensorView<const T> g, TensorView<T> o,
@@ -34,7 +34,7 @@ void delta_rule_forward(TensorView<const T> q, TensorView<const T> k, TensorView
     const int64_t T_ = q.ndim() == 4 ? q.size(1) : 0;
     const int64_t seqs = p.cu_seqlens.empty() ? 1 : int64_t(p.cu_seqlens.size()) - 1;
     const int64_t avg_len = seqs > 0 ? T_ / seqs : 0;
-    algo = avg_len < 16 ? DeltaRuleAlgo::kRecurrent : DeltaRuleAlgo::kChunk;
+    algo = avg_len < 8 ? DeltaRuleAlgo::kRecurrent : DeltaRuleAlgo::kChunk;
   }
   switch (algo) {
     case DeltaRuleAlgo::kNaive:
