@@ -242,13 +242,12 @@ void recurrent_impl(const TensorView<const T>& q, const TensorView<const T>& k,
           }
         }
       },
-      // Tiny work (under 64 K state elements per token: a few small heads) stays on the calling
-      // thread. A decode step of 16 heads at K = V = 128 (1 MB of float state) runs on the
-      // threads: each core's half of the state fits its L2. One token, 2 threads: GDN 24-28 ->
-      // 17-18 us, KDA 29.5 -> 20.7 us (medians of 3000 steps; 20.6 us with 2 ms of other work
-      // between steps, when the second thread has gone to sleep). Session 4 measured 18 / 42 us
-      // (bimodal) with other processes on both cores: pass num_threads = 1 on a loaded machine.
-      pr.B * pr.T * pr.HV * K * V < (int64_t(1) << 16) ? 1 : p.num_threads);
+      // Decode-sized work (a few tokens: tens of microseconds) stays on the calling thread. On
+      // 2 threads a decode step of 16 heads at K = V = 128 took 17-20 us in some processes and
+      // 39-50 us in others (most of them in some quarter hours; binding threads to cores did not
+      // help), against 24-33 us on 1 thread every time: a fork / join every ~20 us is at the
+      // mercy of the other vCPU being scheduled. (Session 4: 26 us -> 18 / 42 us, bimodal.)
+      pr.B * pr.T * pr.HV * K * V < (int64_t(1) << 22) ? 1 : p.num_threads);
 }
 
 }  // namespace delta_rule_detail
